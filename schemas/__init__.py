@@ -1,0 +1,1 @@
+"""The event contract (events.md): Structs, the codec, JSON Schema export. Imports nothing of yibao."""

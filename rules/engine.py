@@ -1,0 +1,755 @@
+"""The settlement engine: settlement.md as a pure fold.
+
+``decide(state, event)`` reads the state and returns a :class:`Decision`: the output events
+of events.md and the state changes they imply. ``evolve(state, decision)`` applies those
+changes. Keeping them apart is what lets the same code settle a file, a Kafka stream, a
+replay or a what-if: the caller owns ordering, deduplication, persistence and I/O, and this
+module imports none of them (no Kafka, Faust, DuckDB, files or clock).
+
+Every amount is integer fen and the only rounding is :func:`pct`, exactly where the spec
+writes it, so an auditor recomputing a claim from its ``trace`` gets the same fen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rules import audit
+from rules.policy import Policy, PolicyVersion, SchemePolicy
+from rules.state import Person, Settlement, State, Visit, in_force
+from schemas import events as ev
+from schemas.events import (
+    Amounts,
+    ClaimRejected,
+    ClaimReversed,
+    ClaimSettled,
+    EventRejected,
+    FamilyDebit,
+    InputEvent,
+    OutputEvent,
+    PaymentAccepted,
+    PaymentRejected,
+    TraceEntry,
+)
+
+CST = dt.timezone(dt.timedelta(hours=8))
+FULL = 10000
+
+
+def pct(x: int, r: int) -> int:
+    """Round-half-up percentage in basis points (x >= 0): the spec's only rounding."""
+    return (x * r + 5000) // 10000
+
+
+def clamp(r: int) -> int:
+    return 0 if r < 0 else (FULL if r > FULL else r)
+
+
+def local_date(ts: dt.datetime) -> dt.date:
+    """Calendar date in UTC+08:00, the date the national platform settles on."""
+    return ts.astimezone(CST).date()
+
+
+Change = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class Decision:
+    outputs: list[OutputEvent] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+
+
+_NOTHING = Decision()
+
+
+class Engine:
+    """Settles events under one policy. Stateless itself: state is passed in and out."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._handlers: dict[type, Callable[[State, Any], Decision]] = {
+            ev.PersonRegistered: self._registered,
+            ev.AssistanceStatusChanged: self._assistance_changed,
+            ev.PersonalAccountCredited: self._account_credited,
+            ev.FamilyAidAuthorized: self._aid_authorized,
+            ev.FamilyAidRevoked: self._aid_revoked,
+            ev.SpecialDiseaseCertified: self._certified,
+            ev.CrossRegionFiled: self._filed,
+            ev.EnrollmentSuspended: self._suspended,
+            ev.EnrollmentResumed: self._resumed,
+            ev.PersonDeceased: self._deceased,
+            ev.CreditLineGranted: self._credit_granted,
+            ev.CreditRepaid: self._credit_repaid,
+            ev.VisitOpened: self._visit_opened,
+            ev.PrescriptionIssued: self._items,
+            ev.ItemsCharged: self._items,
+            ev.ChargeReversed: self._charge_reversed,
+            ev.VisitClosed: self._visit_closed,
+            ev.VisitRefunded: self._visit_refunded,
+            ev.PaymentMade: self._payment,
+        }
+
+    # ------------------------------------------------------------------ the fold
+
+    def decide(self, state: State, event: InputEvent) -> Decision:
+        """Outputs and state changes for one (deduplicated) input event. Reads state only."""
+        return self._handlers[type(event)](state, event)
+
+    @staticmethod
+    def evolve(state: State, decision: Decision) -> State:
+        """Apply a decision's changes. The only place state is mutated."""
+        for change in decision.changes:
+            _APPLY[change[0]](state, *change[1:])
+        return state
+
+    def apply(self, state: State, event: InputEvent) -> list[OutputEvent]:
+        decision = self.decide(state, event)
+        if decision.changes:
+            self.evolve(state, decision)
+        return decision.outputs
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _reject(e: InputEvent, reason: str, detail: str, visit_id: str | None = None) -> Decision:
+        return Decision([EventRejected(
+            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
+            visit_id=visit_id, reason=reason, detail=detail,
+        )])
+
+    @staticmethod
+    def _claim_rejected(e: Any, reason: str, detail: str) -> Decision:
+        return Decision([ClaimRejected(
+            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
+            visit_id=e.visit_id, reason=reason, detail=detail,
+        )])
+
+    def _enrolled(self, state: State, e: InputEvent) -> Person | Decision:
+        p = state.persons.get(e.person_id)
+        if p is None or p.registration is None:
+            return self._reject(e, "UNKNOWN_PERSON", f"person {e.person_id} is not registered")
+        return p
+
+    # ------------------------------------------------------------------ enrollment
+
+    def _registered(self, state: State, e: ev.PersonRegistered) -> Decision:
+        p = state.persons.get(e.person_id)
+        if p is not None and p.registration is not None:
+            return self._reject(e, "DUPLICATE_PERSON", f"person {e.person_id} is already registered")
+        return Decision([], [("register", e)])
+
+    def _assistance_changed(self, state: State, e: ev.AssistanceStatusChanged) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        return Decision([], [("assistance", e.person_id, e.effective_from, e.assistance)])
+
+    def _account_credited(self, state: State, e: ev.PersonalAccountCredited) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        assert p.registration is not None
+        if p.registration.scheme != "employee":
+            return self._reject(e, "NOT_AN_EMPLOYEE",
+                                f"{e.person_id} is in the {p.registration.scheme} scheme")
+        return Decision([], [("balance", e.person_id, e.amount_fen)])
+
+    def _aid_authorized(self, state: State, e: ev.FamilyAidAuthorized) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        assert p.registration is not None
+        if p.registration.scheme != "employee":
+            return self._reject(e, "NOT_AN_EMPLOYEE",
+                                f"payer {e.person_id} is in the {p.registration.scheme} scheme")
+        b = state.persons.get(e.beneficiary_id)
+        if b is None or b.registration is None:
+            return self._reject(e, "FAMILY_AID_INVALID",
+                                f"beneficiary {e.beneficiary_id} is not registered")
+        if e.beneficiary_id == e.person_id:
+            return self._reject(e, "FAMILY_AID_INVALID", "a payer cannot aid itself")
+        if b.registration.household_id != p.registration.household_id:
+            return self._reject(
+                e, "FAMILY_AID_INVALID",
+                f"beneficiary household {b.registration.household_id} != payer household "
+                f"{p.registration.household_id}")
+        if e.person_id in b.aid_payers:
+            return _NOTHING
+        return Decision([], [("aid_add", e.beneficiary_id, e.person_id)])
+
+    def _aid_revoked(self, state: State, e: ev.FamilyAidRevoked) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        b = state.persons.get(e.beneficiary_id)
+        if b is None or e.person_id not in b.aid_payers:
+            return self._reject(e, "FAMILY_AID_INVALID",
+                                f"{e.person_id} has no family-aid authorization for "
+                                f"{e.beneficiary_id}")
+        return Decision([], [("aid_remove", e.beneficiary_id, e.person_id)])
+
+    def _certified(self, state: State, e: ev.SpecialDiseaseCertified) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        assert p.registration is not None
+        newest = self.policy.for_region(p.registration.region, len(self.policy.versions) - 1)
+        if e.disease_code not in newest.special_diseases:
+            return self._reject(e, "UNKNOWN_SPECIAL_DISEASE",
+                                f"{e.disease_code} is not in policy {newest.id}'s table")
+        return Decision([], [("certify", e.person_id, (e.disease_code, e.valid_from, e.valid_to))])
+
+    def _filed(self, state: State, e: ev.CrossRegionFiled) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        return Decision([], [("file", e.person_id, (e.treatment_region, e.valid_from, e.valid_to))])
+
+    def _suspended(self, state: State, e: ev.EnrollmentSuspended) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        return Decision([], [("suspend", e.person_id, e.effective_from, True)])
+
+    def _resumed(self, state: State, e: ev.EnrollmentResumed) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        return Decision([], [("suspend", e.person_id, e.effective_from, False)])
+
+    def _deceased(self, state: State, e: ev.PersonDeceased) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        return Decision([], [("death", e.person_id, e.date_of_death)])
+
+    def _credit_granted(self, state: State, e: ev.CreditLineGranted) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        return Decision([], [("credit_line", e.person_id, e.bank, e.limit_fen)])
+
+    def _credit_repaid(self, state: State, e: ev.CreditRepaid) -> Decision:
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        if e.bank not in p.credit_limit:
+            return self._reject(e, "NO_CREDIT_LINE", f"no credit line from bank {e.bank}")
+        owed = p.credit_outstanding.get(e.bank, 0)
+        if e.amount_fen > owed:
+            return self._reject(e, "REPAYMENT_EXCEEDS_BALANCE",
+                                f"repaid {e.amount_fen} but {owed} is owed to {e.bank}")
+        return Decision([], [("credit", e.person_id, e.bank, -e.amount_fen)])
+
+    # ------------------------------------------------------------------ care
+
+    def _visit_opened(self, state: State, e: ev.VisitOpened) -> Decision:
+        p = state.persons.get(e.person_id)
+        if p is not None and e.visit_id in p.visits:
+            return self._reject(e, "DUPLICATE_VISIT", f"visit {e.visit_id} is already open",
+                                e.visit_id)
+        return Decision([], [("open", e)])
+
+    def _open_visit(self, state: State, e: Any) -> Visit | Decision:
+        p = state.persons.get(e.person_id)
+        visit = p.visits.get(e.visit_id) if p is not None else None
+        if visit is None:
+            return self._reject(e, "UNKNOWN_VISIT",
+                                f"{e.person_id} has no visit {e.visit_id}", e.visit_id)
+        if visit.current is not None:
+            return self._reject(e, "VISIT_ALREADY_SETTLED",
+                                f"visit {e.visit_id} is settled", e.visit_id)
+        return visit
+
+    def _items(self, state: State, e: ev.ItemsCharged | ev.PrescriptionIssued) -> Decision:
+        visit = self._open_visit(state, e)
+        if isinstance(visit, Decision):
+            return visit
+        seen: set[str] = set()
+        for item in e.items:
+            if item.line_id in visit.lines or item.line_id in seen:
+                return self._reject(e, "DUPLICATE_LINE",
+                                    f"line {item.line_id} is already on visit {e.visit_id}",
+                                    e.visit_id)
+            seen.add(item.line_id)
+        return Decision([], [("lines", e.person_id, e.visit_id, e.items)])
+
+    def _charge_reversed(self, state: State, e: ev.ChargeReversed) -> Decision:
+        visit = self._open_visit(state, e)
+        if isinstance(visit, Decision):
+            return visit
+        seen: set[str] = set()
+        for line_id in e.line_ids:
+            if line_id not in visit.lines or line_id in seen:
+                return self._reject(e, "UNKNOWN_LINE",
+                                    f"line {line_id} is not a current line of visit {e.visit_id}",
+                                    e.visit_id)
+            seen.add(line_id)
+        return Decision([], [("unlines", e.person_id, e.visit_id, tuple(e.line_ids))])
+
+    def _visit_refunded(self, state: State, e: ev.VisitRefunded) -> Decision:
+        p = state.persons.get(e.person_id)
+        visit = p.visits.get(e.visit_id) if p is not None else None
+        if visit is None:
+            return self._claim_rejected(e, "UNKNOWN_VISIT", f"{e.person_id} has no visit {e.visit_id}")
+        s = visit.current
+        if s is None:
+            return self._claim_rejected(e, "VISIT_NOT_SETTLED", f"visit {e.visit_id} is not settled")
+        out = ClaimReversed(
+            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
+            visit_id=e.visit_id, settlement_seq=s.seq,
+            amounts=Amounts(**{k: -v for k, v in s.amounts.items()}),
+            family_debits=[FamilyDebit(payer_id=pid, amount_fen=-amt) for pid, amt in s.family],
+        )
+        return Decision([out], [("reverse", e.person_id, e.visit_id)])
+
+    def _payment(self, state: State, e: ev.PaymentMade) -> Decision:
+        p = state.persons.get(e.person_id)
+        visit = p.visits.get(e.visit_id) if p is not None else None
+        s = visit.current if visit is not None else None
+        reason = None
+        if s is None or p is None:
+            reason = "NOT_SETTLED"
+        elif e.amount_fen > s.outstanding:
+            reason = "OVERPAYMENT"
+        elif e.method == "credit":
+            assert e.bank is not None
+            limit = p.credit_limit.get(e.bank)
+            if limit is None:
+                reason = "NO_CREDIT_LINE"
+            elif limit - p.credit_outstanding.get(e.bank, 0) < e.amount_fen:
+                reason = "CREDIT_LIMIT"
+        if reason is not None:
+            return Decision([PaymentRejected(
+                event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
+                visit_id=e.visit_id, payment_id=e.payment_id, reason=reason)])
+        assert s is not None
+        out = PaymentAccepted(
+            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
+            visit_id=e.visit_id, payment_id=e.payment_id, method=e.method,
+            amount_fen=e.amount_fen, outstanding_fen=s.outstanding - e.amount_fen)
+        bank = e.bank if e.method == "credit" else None
+        return Decision([out], [("pay", e.person_id, e.visit_id, e.amount_fen, bank)])
+
+    # ------------------------------------------------------------------ settlement
+
+    def _visit_closed(self, state: State, e: ev.VisitClosed) -> Decision:  # noqa: C901
+        p = state.persons.get(e.person_id)
+        visit = p.visits.get(e.visit_id) if p is not None else None
+        # Step 0: can the visit be settled?
+        if p is None or visit is None:
+            return self._claim_rejected(e, "UNKNOWN_VISIT", f"{e.person_id} has no visit {e.visit_id}")
+        if visit.current is not None:
+            return self._claim_rejected(e, "VISIT_ALREADY_SETTLED",
+                                        f"visit {e.visit_id} is settled (seq {visit.seq})")
+        reg = p.registration
+        if reg is None:
+            return self._claim_rejected(e, "UNKNOWN_PERSON", f"person {e.person_id} is not registered")
+        d = local_date(e.closed_at)
+        vi = self.policy.version_index(d)
+        if vi < 0:
+            return self._claim_rejected(e, "NO_POLICY_IN_FORCE", f"no policy version in force on {d}")
+        pol = self.policy.for_region(reg.region, vi)
+        if d < reg.effective_from:
+            return self._claim_rejected(e, "NOT_YET_ENROLLED",
+                                        f"service date {d} < enrollment {reg.effective_from}")
+        if in_force(p.suspended, d, False):
+            return self._claim_rejected(e, "ENROLLMENT_SUSPENDED", f"enrollment suspended on {d}")
+        if p.date_of_death is not None and p.date_of_death < visit.opened_date:
+            return self._claim_rejected(
+                e, "PERSON_DECEASED",
+                f"date of death {p.date_of_death} < visit opened {visit.opened_date}")
+        o = visit.opened
+        if o.kind == "outpatient_special":
+            code = o.special_disease_code
+            if code not in pol.special_diseases or not any(
+                c == code and f <= d <= t for c, f, t in p.certifications
+            ):
+                return self._claim_rejected(
+                    e, "SPECIAL_DISEASE_NOT_CERTIFIED",
+                    f"no certification of {code} covering {d} in policy {pol.id}")
+        return self._settle(state, p, reg, visit, e, d, pol)
+
+    def _settle(self, state: State, p: Person, reg: ev.PersonRegistered, visit: Visit,
+                e: ev.VisitClosed, d: dt.date, pol: PolicyVersion) -> Decision:
+        sp: SchemePolicy = pol.scheme[reg.scheme]
+        o = visit.opened
+        trace: list[TraceEntry] = []
+        year = d.year
+        acc = p.acc(year)
+        deltas: dict[str, int] = {}
+
+        # Step 1: lines
+        total = self_pay_full = over_cap = first_self_pay = eligible = 0
+        b_rate = sp.b_first_self_pay
+        for item in visit.lines.values():
+            a = item.amount_fen
+            total += a
+            cls = item.catalog_class
+            if cls == "C":
+                self_pay_full += a
+                continue
+            cap = item.cap_fen
+            over = a - cap if cap is not None and a > cap else 0
+            over_cap += over
+            c = a - over
+            if cls == "A":
+                eligible += c
+            else:
+                f = pct(c, b_rate)
+                first_self_pay += f
+                eligible += c - f
+        trace.append(TraceEntry(step="lines", detail=(
+            f"{len(visit.lines)} lines: total {total} = class C {self_pay_full} + over cap "
+            f"{over_cap} + class B first self-pay {first_self_pay} (b_first_self_pay "
+            f"{b_rate} bp) + eligible {eligible}")))
+
+        # Step 2: the benefit that applies
+        kind = o.kind
+        level = o.facility_level
+        condition: str | None = None
+        if kind == "inpatient":
+            benefit = "inpatient"
+        elif kind == "outpatient_special":
+            benefit = "outpatient_special"
+        elif kind == "outpatient_chronic":
+            benefit = "outpatient"
+            if reg.scheme == "resident" and level in (1, 2):
+                condition = _chronic_condition(pol, o.diagnoses)
+                if condition is not None:
+                    benefit = "outpatient_chronic"
+        else:
+            benefit = "outpatient"
+        retired = reg.scheme == "employee" and reg.retired
+        insured, treated = reg.region, o.facility_region
+        cross = insured[:2] != treated[:2]
+        filed = cross and any(r == treated and f <= d <= t for r, f, t in p.filings)
+        penalty = sp.cross_province_penalty if cross and not filed else 0
+        trace.append(TraceEntry(step="benefit", detail=(
+            f"visit kind {kind} -> {benefit}" + (f" ({condition})" if condition else "")
+            + f"; scheme {reg.scheme}, level {level}, retired {retired}; insured {insured}, "
+            f"treated {treated}, cross-province {cross}, filed {filed}, penalty {penalty} bp; "
+            f"policy {pol.id}, benefit year {year}")))
+
+        # Step 3: basic fund
+        E = eligible
+        ded = 0
+        if benefit == "inpatient":
+            n = acc.get("inpatient_admissions", 0) + 1
+            D0 = sp.inpatient_deductible[level - 1]
+            D = pct(D0, 5000) if n >= 2 else D0
+            ded = min(E, D)
+            r = clamp(sp.inpatient_rate[level - 1] + (sp.retiree_inpatient_bonus if retired else 0)
+                      - penalty)
+            paid = acc.get("pooled_fund_paid", 0)
+            room = max(0, sp.pooled_cap - paid)
+            raw = pct(E - ded, r)
+            fund = min(raw, room)
+            deltas["pooled_fund_paid"] = fund
+            deltas["inpatient_admissions"] = 1
+            trace.append(TraceEntry(step="basic_fund", detail=(
+                f"inpatient admission {n}: deductible {D0}" + (" halved" if n >= 2 else "")
+                + f" = {D}, ded = min({E}, {D}) = {ded}; rate {r} bp; fund = min(pct({E - ded}, "
+                f"{r}) = {raw}, pooled_cap {sp.pooled_cap} - pooled_fund_paid {paid}) = {fund}; "
+                f"pooled_fund_paid {paid} -> {paid + fund}; inpatient_admissions {n - 1} -> {n}")))
+        elif benefit == "outpatient_special":
+            code = o.special_disease_code
+            assert code is not None
+            r = clamp(sp.inpatient_rate[level - 1] + (sp.retiree_inpatient_bonus if retired else 0)
+                      - penalty)
+            raw = pct(E, r)
+            paid = acc.get("pooled_fund_paid", 0)
+            key = f"special_paid:{code}"
+            spaid = acc.get(key, 0)
+            limit = pol.special_diseases[code].limit
+            fund = min(raw, max(0, sp.pooled_cap - paid))
+            if limit is not None:
+                fund = min(fund, max(0, limit - spaid))
+            deltas[key] = fund
+            deltas["pooled_fund_paid"] = fund
+            trace.append(TraceEntry(step="basic_fund", detail=(
+                f"special disease {code}: no deductible; rate {r} bp; fund = min(pct({E}, {r}) = "
+                f"{raw}, limit {limit if limit is not None else 'none'} - special_paid {spaid}, "
+                f"pooled_cap {sp.pooled_cap} - pooled_fund_paid {paid}) = {fund}; "
+                f"special_paid {spaid} -> {spaid + fund}; pooled_fund_paid {paid} -> {paid + fund}")))
+        elif benefit == "outpatient":
+            used = acc.get("outpatient_deductible_used", 0)
+            ded = min(E, max(0, sp.outpatient_deductible - used))
+            r = clamp(sp.outpatient_rate[level - 1] + (sp.retiree_outpatient_bonus if retired else 0)
+                      - penalty)
+            raw = pct(E - ded, r)
+            paid = acc.get("outpatient_fund_paid", 0)
+            fund = min(raw, max(0, sp.outpatient_cap - paid))
+            deltas["outpatient_deductible_used"] = ded
+            deltas["outpatient_fund_paid"] = fund
+            trace.append(TraceEntry(step="basic_fund", detail=(
+                f"outpatient: deductible {sp.outpatient_deductible} - used {used}, ded = {ded}; "
+                f"rate {r} bp; fund = min(pct({E - ded}, {r}) = {raw}, outpatient_cap "
+                f"{sp.outpatient_cap} - outpatient_fund_paid {paid}) = {fund}; "
+                f"outpatient_deductible_used {used} -> {used + ded}; outpatient_fund_paid "
+                f"{paid} -> {paid + fund}")))
+        else:
+            assert condition is not None
+            r = clamp(sp.chronic_rate - penalty)
+            raw = pct(E, r)
+            key = f"chronic_paid:{condition}"
+            paid = acc.get(key, 0)
+            cap = sp.chronic_cap.get(condition, 0)
+            fund = min(raw, max(0, cap - paid))
+            deltas[key] = fund
+            trace.append(TraceEntry(step="basic_fund", detail=(
+                f"chronic {condition}: no deductible; rate {r} bp; fund = min(pct({E}, {r}) = "
+                f"{raw}, chronic_cap {cap} - chronic_paid {paid}) = {fund}; chronic_paid "
+                f"{paid} -> {paid + fund}")))
+        oop = E - fund
+
+        # Step 4: major illness insurance
+        category = in_force(p.assistance, d, None)
+        major = 0
+        if benefit in ("inpatient", "outpatient_special"):
+            T = sp.major_threshold
+            bonus = sp.assistance_major_bonus if category is not None else 0
+            if category is not None:
+                T = pct(T, 5000)
+            moop = acc.get("major_oop", 0)
+            a = max(moop, T)
+            b = max(moop + oop, T)
+            tiers = sp.major_tiers
+            parts = []
+            raw_major = 0
+            for i, (start, rate) in enumerate(tiers):
+                lo = T + start
+                hi = T + tiers[i + 1][0] if i + 1 < len(tiers) else None
+                top = b if hi is None else min(b, hi)
+                part = max(0, top - max(a, lo))
+                rt = clamp(rate + bonus)
+                if part:
+                    raw_major += pct(part, rt)
+                    parts.append(f"{part} at {rt} bp")
+            mpaid = acc.get("major_paid", 0)
+            major = min(raw_major, max(0, sp.major_cap - mpaid))
+            deltas["major_oop"] = oop
+            deltas["major_paid"] = major
+            trace.append(TraceEntry(step="major_illness", detail=(
+                f"threshold {T}" + (f" (halved, assistance {category}, tier bonus {bonus} bp)"
+                                    if category else "")
+                + f"; major_oop {moop} -> {moop + oop}; tiers: {', '.join(parts) or 'none reached'}"
+                f"; major = min({raw_major}, major_cap {sp.major_cap} - major_paid {mpaid}) = "
+                f"{major}; major_paid {mpaid} -> {mpaid + major}")))
+
+        # Step 5: medical assistance
+        assist = 0
+        if category is not None:
+            ap = pol.assistance[category]  # type: ignore[index]
+            rest = oop - major
+            dused = acc.get("assistance_deductible_used", 0)
+            # Literal per settlement.md: the remaining deductible is *not* floored at zero.
+            # After a category change (marginal -> low_income) it is negative, and the
+            # contract's expected outputs pay assistance above the out-of-pocket; we keep
+            # the contract and raise an audit flag (rules.audit) for the bureau to review.
+            aded = min(rest, ap.deductible - dused)
+            apaid = acc.get("assistance_paid", 0)
+            raw = pct(rest - aded, ap.rate)
+            assist = min(raw, max(0, ap.cap - apaid))
+            deltas["assistance_deductible_used"] = aded
+            deltas["assistance_paid"] = assist
+            trace.append(TraceEntry(step="assistance", detail=(
+                f"category {category}: rest {rest}; deductible {ap.deductible} - used {dused}, "
+                f"ded = {aded}; assist = min(pct({rest - aded}, {ap.rate}) = {raw}, cap {ap.cap}"
+                f" - assistance_paid {apaid}) = {assist}; assistance_deductible_used {dused} -> "
+                f"{dused + aded}; assistance_paid {apaid} -> {apaid + assist}")))
+
+        # Step 6: accounts and cash
+        share = self_pay_full + over_cap + first_self_pay + oop - major - assist
+        own = 0
+        family: list[tuple[str, int]] = []
+        family_total = 0
+        if e.use_personal_account:
+            own = min(p.balance, share)
+            for payer_id in p.aid_payers:
+                left = share - own - family_total
+                if left <= 0:
+                    break
+                payer = state.persons.get(payer_id)
+                bal = payer.balance if payer is not None else 0
+                amt = min(bal, left)
+                if amt > 0:
+                    family.append((payer_id, amt))
+                    family_total += amt
+        cash_due = share - own - family_total
+        trace.append(TraceEntry(step="accounts", detail=(
+            f"share = {self_pay_full} + {over_cap} + {first_self_pay} + oop {oop} - major {major} "
+            f"- assistance {assist} = {share}; use_personal_account {e.use_personal_account}; "
+            f"own account {p.balance} pays {own}; family "
+            + (", ".join(f"{pid} pays {amt}" for pid, amt in family) or "none")
+            + f"; cash due {cash_due}")))
+
+        amounts = {
+            "total": total, "self_pay_full": self_pay_full, "over_cap": over_cap,
+            "first_self_pay": first_self_pay, "eligible": eligible, "deductible": ded,
+            "basic_fund": fund, "major_illness": major, "assistance": assist,
+            "personal_account": own, "family_account": family_total, "cash_due": cash_due,
+        }
+        seq = visit.seq + 1
+        settled = ClaimSettled(
+            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
+            visit_id=e.visit_id, household_id=reg.household_id, settlement_seq=seq,
+            policy_version=pol.id, benefit_year=year, service_date=d, scheme=reg.scheme,
+            kind=benefit, insured_region=insured, treatment_region=treated,
+            facility_id=o.facility_id, cross_province=cross, amounts=Amounts(**amounts),
+            family_debits=[FamilyDebit(payer_id=pid, amount_fen=amt) for pid, amt in family],
+            trace=trace,
+        )
+        record = Settlement(seq=seq, event_id=e.event_id, amounts=amounts, year=year,
+                            acc_deltas=deltas, own=own, family=family, outstanding=cash_due)
+        outputs: list[OutputEvent] = [settled]
+        outputs.extend(audit.flags(settled, filed, oop, e.event_id, 1))
+        return Decision(outputs, [("settle", e.person_id, e.visit_id, record)])
+
+
+def _chronic_condition(pol: PolicyVersion, diagnoses: list[str]) -> str | None:
+    for diag in diagnoses:
+        for name, prefixes in pol.chronic_conditions.items():
+            if diag.startswith(prefixes):
+                return name
+    return None
+
+
+# ---------------------------------------------------------------------- evolve
+
+
+def _person(state: State, pid: str) -> Person:
+    p = state.persons.get(pid)
+    if p is None:
+        p = state.persons[pid] = Person(pid)
+    return p
+
+
+def _register(state: State, e: ev.PersonRegistered) -> None:
+    p = _person(state, e.person_id)
+    p.registration = e
+    p.assistance.append((e.effective_from, e.assistance))
+    p.suspended.append((e.effective_from, False))
+    p.balance += e.personal_account_fen
+
+
+def _assistance(state: State, pid: str, start: dt.date, cat: str | None) -> None:
+    state.persons[pid].assistance.append((start, cat))
+
+
+def _balance(state: State, pid: str, delta: int) -> None:
+    state.persons[pid].balance += delta
+
+
+def _aid_add(state: State, beneficiary: str, payer: str) -> None:
+    state.persons[beneficiary].aid_payers.append(payer)
+
+
+def _aid_remove(state: State, beneficiary: str, payer: str) -> None:
+    state.persons[beneficiary].aid_payers.remove(payer)
+
+
+def _certify(state: State, pid: str, cert: tuple[str, dt.date, dt.date]) -> None:
+    state.persons[pid].certifications.append(cert)
+
+
+def _file(state: State, pid: str, filing: tuple[str, dt.date, dt.date]) -> None:
+    state.persons[pid].filings.append(filing)
+
+
+def _suspend(state: State, pid: str, start: dt.date, on: bool) -> None:
+    state.persons[pid].suspended.append((start, on))
+
+
+def _death(state: State, pid: str, date: dt.date) -> None:
+    state.persons[pid].date_of_death = date
+
+
+def _credit_line(state: State, pid: str, bank: str, limit: int) -> None:
+    state.persons[pid].credit_limit[bank] = limit
+
+
+def _credit(state: State, pid: str, bank: str, delta: int) -> None:
+    p = state.persons[pid]
+    p.credit_outstanding[bank] = p.credit_outstanding.get(bank, 0) + delta
+
+
+def _open(state: State, e: ev.VisitOpened) -> None:
+    _person(state, e.person_id).visits[e.visit_id] = Visit(e, local_date(e.opened_at))
+
+
+def _lines(state: State, pid: str, vid: str, items: list[ev.LineItem]) -> None:
+    lines = state.persons[pid].visits[vid].lines
+    for item in items:
+        lines[item.line_id] = item
+
+
+def _unlines(state: State, pid: str, vid: str, ids: tuple[str, ...]) -> None:
+    lines = state.persons[pid].visits[vid].lines
+    for line_id in ids:
+        del lines[line_id]
+
+
+def _add_acc(p: Person, year: int, deltas: dict[str, int], sign: int) -> None:
+    acc = p.accumulators.setdefault(year, {})
+    for k, v in deltas.items():
+        acc[k] = acc.get(k, 0) + sign * v
+
+
+def _settle(state: State, pid: str, vid: str, s: Settlement) -> None:
+    p = state.persons[pid]
+    _add_acc(p, s.year, s.acc_deltas, 1)
+    p.balance -= s.own
+    for payer, amt in s.family:
+        state.persons[payer].balance -= amt
+    visit = p.visits[vid]
+    visit.seq = s.seq
+    visit.current = s
+
+
+def _reverse(state: State, pid: str, vid: str) -> None:
+    p = state.persons[pid]
+    visit = p.visits[vid]
+    s = visit.current
+    assert s is not None
+    _add_acc(p, s.year, s.acc_deltas, -1)
+    p.balance += s.own
+    for payer, amt in s.family:
+        state.persons[payer].balance += amt
+    for bank, amt in s.credit.items():
+        p.credit_outstanding[bank] -= amt
+    visit.current = None
+
+
+def _pay(state: State, pid: str, vid: str, amount: int, bank: str | None) -> None:
+    p = state.persons[pid]
+    s = p.visits[vid].current
+    assert s is not None
+    s.outstanding -= amount
+    if bank is not None:
+        s.credit[bank] = s.credit.get(bank, 0) + amount
+        p.credit_outstanding[bank] = p.credit_outstanding.get(bank, 0) + amount
+
+
+_APPLY: dict[str, Callable[..., None]] = {
+    "register": _register,
+    "assistance": _assistance,
+    "balance": _balance,
+    "aid_add": _aid_add,
+    "aid_remove": _aid_remove,
+    "certify": _certify,
+    "file": _file,
+    "suspend": _suspend,
+    "death": _death,
+    "credit_line": _credit_line,
+    "credit": _credit,
+    "open": _open,
+    "lines": _lines,
+    "unlines": _unlines,
+    "settle": _settle,
+    "reverse": _reverse,
+    "pay": _pay,
+}

@@ -1,0 +1,13 @@
+"""Errors of the rules layer, under the project's one root error."""
+
+from __future__ import annotations
+
+from schemas.exceptions import YibaoError
+
+
+class RulesError(YibaoError):
+    """A rules-layer failure."""
+
+
+class PolicyError(RulesError):
+    """A policy file or document that cannot be used; the message names the key and value."""

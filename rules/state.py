@@ -1,0 +1,94 @@
+"""The settlement state, as explicit data.
+
+Why mutable slotted classes rather than frozen values: the fold applies ~10^5 events a
+second and copying a person's state per event would dominate. Ownership makes it safe:
+only ``rules.engine.evolve`` mutates state, ``decide`` only reads it, and a stream processor
+persists the household state after ``evolve`` (the table is the durable copy).
+
+State is keyed by person; a household is just the set of persons sharing a
+``household_id``, which is what the live processor keeps per Kafka key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from schemas.events import LineItem, PersonRegistered, VisitOpened
+
+T = TypeVar("T")
+
+ACCUMULATORS = (
+    "outpatient_deductible_used",
+    "outpatient_fund_paid",
+    "inpatient_admissions",
+    "pooled_fund_paid",
+    "major_oop",
+    "major_paid",
+    "assistance_deductible_used",
+    "assistance_paid",
+)
+# plus "special_paid:<disease>" and "chronic_paid:<condition>"
+
+
+@dataclass(slots=True)
+class Settlement:
+    """A visit's current settlement: what it added, so a refund can take exactly that back."""
+
+    seq: int
+    event_id: str
+    amounts: dict[str, int]
+    year: int
+    acc_deltas: dict[str, int]
+    own: int
+    family: list[tuple[str, int]]
+    outstanding: int
+    credit: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Visit:
+    opened: VisitOpened
+    opened_date: dt.date
+    lines: dict[str, LineItem] = field(default_factory=dict)
+    seq: int = 0
+    current: Settlement | None = None
+
+
+@dataclass(slots=True)
+class Person:
+    person_id: str
+    registration: PersonRegistered | None = None
+    assistance: list[tuple[dt.date, str | None]] = field(default_factory=list)
+    suspended: list[tuple[dt.date, bool]] = field(default_factory=list)
+    certifications: list[tuple[str, dt.date, dt.date]] = field(default_factory=list)
+    filings: list[tuple[str, dt.date, dt.date]] = field(default_factory=list)
+    date_of_death: dt.date | None = None
+    balance: int = 0
+    aid_payers: list[str] = field(default_factory=list)
+    credit_limit: dict[str, int] = field(default_factory=dict)
+    credit_outstanding: dict[str, int] = field(default_factory=dict)
+    visits: dict[str, Visit] = field(default_factory=dict)
+    accumulators: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def acc(self, year: int) -> dict[str, int]:
+        a = self.accumulators.get(year)
+        return a if a is not None else {}
+
+
+@dataclass(slots=True)
+class State:
+    """Everything the engine knows: persons by id (a whole log, or one household)."""
+
+    persons: dict[str, Person] = field(default_factory=dict)
+
+
+def in_force(history: list[tuple[dt.date, T]], d: dt.date, default: T) -> T:
+    """The entry of greatest effective_from <= d; among equal dates the later one."""
+    best: dt.date | None = None
+    value = default
+    for start, v in history:
+        if start <= d and (best is None or start >= best):
+            best, value = start, v
+    return value
