@@ -1,0 +1,84 @@
+"""The spec's worked and sample logs, through the CLI, compared on the listed fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from yibao.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+
+
+def _settle(path: Path, *extra: str) -> tuple[list[dict], str]:
+    result = CliRunner().invoke(main, ["settle", str(path), *extra])
+    assert result.exit_code == 0, result.output
+    outputs = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return outputs, result.stderr
+
+
+@pytest.mark.parametrize("name", ["worked", "sample"])
+def test_example_log_reproduces_expected_outputs(name: str) -> None:
+    events = EXAMPLES / f"{name}-events.jsonl"
+    if not events.exists():
+        pytest.skip(f"spec examples not found at {EXAMPLES}")
+    expected = [json.loads(x) for x in (EXAMPLES / f"{name}-expected.jsonl").read_text().splitlines()]
+    outputs, _ = _settle(events)
+    compared = [o for o in outputs if o["type"] != "AuditFlagRaised"]
+    assert len(compared) == len(expected)
+    for i, (got, want) in enumerate(zip(compared, expected, strict=True)):
+        diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        assert not diff, f"output {i} ({want['type']} caused by {want['caused_by']}): {diff}"
+
+
+def test_outputs_carry_deterministic_ids_and_traces() -> None:
+    outputs, _ = _settle(EXAMPLES / "worked-events.jsonl")
+    ids = [o["event_id"] for o in outputs]
+    assert len(set(ids)) == len(ids)
+    assert all(o["event_id"].startswith(o["caused_by"] + "/") for o in outputs)
+    settled = [o for o in outputs if o["type"] == "ClaimSettled"]
+    assert all({t["step"] for t in s["trace"]} >= {"lines", "basic_fund", "accounts"} for s in settled)
+    # The trace alone recomputes the first worked case: fund = pct(38,500 - 500 yuan, 75%).
+    fund_step = next(t["detail"] for t in settled[0]["trace"] if t["step"] == "basic_fund")
+    assert "pct(3800000, 7500) = 2850000" in fund_step
+
+
+def test_malformed_lines_are_dead_lettered_and_change_nothing_else(tmp_path: Path) -> None:
+    source = (EXAMPLES / "worked-events.jsonl").read_bytes().splitlines(keepends=True)
+    bad = [
+        b'{"type": "VisitClosed", "event_id": "b1"\n',                   # truncated
+        b'\xff\xfe not utf-8\n',                                          # invalid bytes
+        b'{"type": "Nope", "event_id": "b2"}\n',                          # unknown type
+        source[6].replace(b'"amount_fen": 100', b'"amount_fen": -100'),   # negative money
+        source[4].replace(b'"amount_fen": 3000000', b'"amount_fen": 3000001'),
+        source[3].replace(b'"kind": "inpatient"', b'"kind": "outpatient_special"'),
+    ]
+    mixed = []
+    for i, line in enumerate(source):
+        mixed.append(line)
+        if i < len(bad):
+            mixed.append(bad[i])
+    log = tmp_path / "mixed.jsonl"
+    log.write_bytes(b"".join(mixed))
+    dead = tmp_path / "dead.jsonl"
+    clean, _ = _settle(EXAMPLES / "worked-events.jsonl")
+    got, stderr = _settle(log, "--deadletter", str(dead))
+    assert got == clean
+    letters = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert [d["line"] for d in letters] == [2, 4, 6, 8, 10, 12]
+    errors = [d["error"] for d in letters]
+    assert "truncated" in errors[0]
+    assert "raw_base64" in letters[1]
+    assert "$.type" in errors[2]
+    assert "$.amount_fen" in errors[3]
+    assert "$.items[0]" in errors[4] and "amount_fen" in errors[4]
+    assert "special_disease_code" in errors[5]
+    assert "dead-lettered 6" in stderr and "read 23" in stderr
+
+
+def test_unreadable_input_exits_nonzero(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["settle", str(tmp_path / "missing.jsonl")])
+    assert result.exit_code != 0
