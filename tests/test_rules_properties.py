@@ -132,8 +132,11 @@ def test_amount_identities_and_caps(events: list[dict[str, Any]]) -> None:
 
 
 def snapshot(state: State) -> dict[str, Any]:
-    return {pid: (p.balance, {y: {k: v for k, v in acc.items() if v} for y, acc in
-                              p.accumulators.items()}, dict(p.credit_outstanding))
+    def nonzero(acc: dict[str, int]) -> dict[str, int]:
+        return {k: v for k, v in acc.items() if v}
+
+    return {pid: (p.balance, {y: nonzero(acc) for y, acc in p.accumulators.items() if nonzero(acc)},
+                  {b: v for b, v in p.credit_outstanding.items() if v})
             for pid, p in state.persons.items()}
 
 
