@@ -3,18 +3,109 @@
 Every option can also be set from a ``YIBAO_*`` environment variable, shown in ``--help``
 (``auto_envvar_prefix`` + ``show_default``), so a container or CI job configures yibao the
 same way an operator at a terminal does.
+
+The group callback builds the one :class:`~yibao.settings.Settings` object from the
+environment, configures logging and puts the settings in ``ctx.obj``: subcommands take it
+with ``@click.pass_obj``.
 """
 
 from __future__ import annotations
 
 import click
+from pydantic import ValidationError
 
-CONTEXT = {"auto_envvar_prefix": "YIBAO", "show_default": True, "help_option_names": ["-h", "--help"]}
+from yibao.broker import BrokerConfig, BrokerError, LocalBroker
+from yibao.logging import configure as configure_logging
+from yibao.settings import Settings
+
+CONTEXT = {
+    "auto_envvar_prefix": "YIBAO",
+    "show_default": True,
+    "help_option_names": ["-h", "--help"],
+}
 
 
 @click.group(context_settings=CONTEXT)
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """yibao: event-sourced medical insurance settlement on Kafka."""
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        raise click.UsageError(f"bad YIBAO_* environment: {e}") from e
+    configure_logging(settings)
+    ctx.obj = settings
+
+
+# -- the local Kafka broker -------------------------------------------------------------------
+
+
+@main.group()
+def kafka() -> None:
+    """A local single-node Kafka broker (KRaft, no Docker) on YIBAO_KAFKA_PORT."""
+
+
+def _broker(settings: Settings) -> LocalBroker:
+    return LocalBroker(BrokerConfig.from_settings(settings))
+
+
+@kafka.command("up")
+@click.option("--timeout", type=float, default=90.0, help="Seconds to wait for readiness.")
+@click.pass_obj
+def kafka_up(settings: Settings, timeout: float) -> None:
+    """Start the broker unless it already runs; wait until it answers a Metadata request."""
+    try:
+        status, _started = _broker(settings).up(timeout=timeout)
+    except BrokerError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(str(status))
+
+
+@kafka.command("down")
+@click.option("--timeout", type=float, default=30.0, help="Seconds before SIGTERM becomes SIGKILL.")
+@click.pass_obj
+def kafka_down(settings: Settings, timeout: float) -> None:
+    """Stop the broker started by `yibao kafka up` and wait until its ports are free."""
+    broker = _broker(settings)
+    stopped = broker.down(timeout=timeout)
+    click.echo(f"kafka on {broker.config.bootstrap}: {'stopped' if stopped else 'was not running'}")
+
+
+@kafka.command("status")
+@click.pass_obj
+def kafka_status(settings: Settings) -> None:
+    """Ask the broker for its metadata; exit 1 unless it answers."""
+    status = _broker(settings).status()
+    click.echo(str(status))
+    if not status.ready:
+        raise SystemExit(1)
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--events", type=int, default=60, help="Events to produce.")
+@click.option("--keys", type=int, default=4, help="Distinct keys (patients) among them.")
+@click.option("--timeout", type=float, default=120.0, help="Seconds to wait for the counts.")
+@click.pass_obj
+def smoke(settings: Settings, events: int, keys: int, timeout: float) -> None:
+    """End-to-end smoke run: produce events, count them per key in a faust-streaming worker,
+    read the counts back from Kafka and check them."""
+    from streams.smoke import run_smoke
+
+    result = run_smoke(settings, events=events, keys=keys, timeout=timeout)
+    click.echo(result.report())
+    if not result.ok:
+        raise SystemExit(1)
+
+
+# -- file mode ----------------------------------------------------------------------------
+
+from yibao.filemode import schema, settle  # noqa: E402
+
+main.add_command(settle)
+main.add_command(schema)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,31 +26,37 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="YIBAO_", frozen=True, extra="ignore")
 
     bootstrap_servers: str = Field(
-        "127.0.0.1:9092",
+        default="127.0.0.1:9092",
         description="Kafka bootstrap servers, host:port[,host:port...]. When unset it follows "
         "kafka_host:kafka_port, the local development broker.",
     )
-    topic_prefix: str = Field("yibao.", description="Prefix of every topic and consumer group id.")
-    partitions: int = Field(8, ge=1, description="Partitions of the topics yibao creates.")
-    duckdb_path: Path = Field(Path("var/yibao.duckdb"), description="DuckDB projection file.")
+    topic_prefix: str = Field(
+        default="yibao.", description="Prefix of every topic and consumer group id."
+    )
+    partitions: int = Field(default=8, ge=1, description="Partitions of the topics yibao creates.")
+    duckdb_path: Path = Field(
+        default=Path("var/yibao.duckdb"), description="DuckDB projection file."
+    )
     log_format: LogFormat = Field(
-        "auto", description="auto: JSON lines unless stderr is a terminal."
+        default="auto", description="auto: JSON lines unless stderr is a terminal."
     )
     log_level: LogLevel = "info"
 
     # The local development broker (`yibao kafka up`, `make kafka-up`, the test fixture).
     kafka_host: str = "127.0.0.1"
-    kafka_port: int = Field(9092, ge=1, le=65535)
+    kafka_port: int = Field(default=9092, ge=1, le=65535)
     kafka_controller_port: int = Field(
-        0, ge=0, le=65535, description="KRaft controller port; 0 means kafka_port + 1."
+        default=0, ge=0, le=65535, description="KRaft controller port; 0 means kafka_port + 1."
     )
     kafka_home: Path | None = Field(
-        None, description="Where the local broker keeps config, data and logs; default var/kafka."
+        default=None,
+        description="Where the local broker keeps config, data and logs; default var/kafka.",
     )
     kafka_libs: Path | None = Field(
-        None, description="The broker's jars (fetched by `make setup`); default var/kafka/libs."
+        default=None,
+        description="The broker's jars (fetched by `make setup`); default var/kafka/libs.",
     )
-    kafka_heap: str = Field("512m", description="JVM -Xmx of the local broker.")
+    kafka_heap: str = Field(default="512m", description="JVM -Xmx of the local broker.")
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod

@@ -1,0 +1,121 @@
+"""Small async helpers around aiokafka: create topics, produce records, read them back.
+
+Used by the smoke demo (``yibao smoke``), the tests and any tool that needs to poke a topic.
+Keys and values are bytes (or str, encoded as UTF-8); serialization is the caller's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+__all__ = ["as_bytes", "consume", "create_topics", "produce"]
+
+Data = bytes | str | None
+
+
+def as_bytes(value: Data) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+async def create_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    *,
+    partitions: int = 1,
+    replication_factor: int = 1,
+    config: dict[str, str] | None = None,
+) -> None:
+    """Create the topics that don't exist yet, and wait until they are usable."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        wanted = list(names)
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(n, partitions, replication_factor, topic_configs=config or {})
+            for n in wanted
+            if n not in existing
+        ]
+        if new:
+            response = await admin.create_topics(new)
+            for topic_error in response.topic_errors:
+                name, code = topic_error[0], topic_error[1]
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise for_code(code)(f"creating topic {name}: {topic_error[2:]}")
+        # CreateTopics returns once the controller accepted it; wait for the metadata too.
+        deadline = time.monotonic() + 30
+        while not set(wanted) <= set(await admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {wanted} not visible after 30s")
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[Data, Data]],
+    **producer_config: object,
+) -> int:
+    """Send ``(key, value)`` records to ``topic`` (acks=all) and flush; return how many."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **producer_config)
+    await producer.start()
+    n = 0
+    try:
+        futures = []
+        for key, value in records:
+            futures.append(await producer.send(topic, value=as_bytes(value), key=as_bytes(key)))
+            n += 1
+        await producer.flush()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return n
+
+
+async def consume(
+    bootstrap: str,
+    topics: str | Sequence[str],
+    *,
+    until: Callable[[list[ConsumerRecord]], bool] | int,
+    timeout: float = 30.0,
+    **consumer_config: object,
+) -> list[ConsumerRecord]:
+    """Read ``topics`` from the beginning (no consumer group) until ``until(records)`` holds
+    (or ``until`` records arrived); raise ``TimeoutError`` with what was read otherwise."""
+    names = [topics] if isinstance(topics, str) else list(topics)
+    done: Callable[[list[ConsumerRecord]], bool]
+    if isinstance(until, int):
+        count = until
+        done = lambda rs: len(rs) >= count  # noqa: E731
+    else:
+        done = until
+    consumer = AIOKafkaConsumer(
+        *names,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **consumer_config,
+    )
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(records):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"read {len(records)} records from {names} in {timeout}s")
+            batch = await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
+            for part in sorted(batch, key=lambda tp: (tp.topic, tp.partition)):
+                records.extend(batch[part])
+    finally:
+        await consumer.stop()
+    return records
