@@ -115,17 +115,33 @@ class Engine:
 
     @staticmethod
     def _reject(e: InputEvent, reason: str, detail: str, visit_id: str | None = None) -> Decision:
-        return Decision([EventRejected(
-            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
-            visit_id=visit_id, reason=reason, detail=detail,
-        )])
+        return Decision(
+            [
+                EventRejected(
+                    event_id=f"{e.event_id}/0",
+                    caused_by=e.event_id,
+                    person_id=e.person_id,
+                    visit_id=visit_id,
+                    reason=reason,
+                    detail=detail,
+                )
+            ]
+        )
 
     @staticmethod
     def _claim_rejected(e: Any, reason: str, detail: str) -> Decision:
-        return Decision([ClaimRejected(
-            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
-            visit_id=e.visit_id, reason=reason, detail=detail,
-        )])
+        return Decision(
+            [
+                ClaimRejected(
+                    event_id=f"{e.event_id}/0",
+                    caused_by=e.event_id,
+                    person_id=e.person_id,
+                    visit_id=e.visit_id,
+                    reason=reason,
+                    detail=detail,
+                )
+            ]
+        )
 
     def _enrolled(self, state: State, e: InputEvent) -> Person | Decision:
         p = state.persons.get(e.person_id)
@@ -138,7 +154,9 @@ class Engine:
     def _registered(self, state: State, e: ev.PersonRegistered) -> Decision:
         p = state.persons.get(e.person_id)
         if p is not None and p.registration is not None:
-            return self._reject(e, "DUPLICATE_PERSON", f"person {e.person_id} is already registered")
+            return self._reject(
+                e, "DUPLICATE_PERSON", f"person {e.person_id} is already registered"
+            )
         return Decision([], [("register", e)])
 
     def _assistance_changed(self, state: State, e: ev.AssistanceStatusChanged) -> Decision:
@@ -153,8 +171,9 @@ class Engine:
             return p
         assert p.registration is not None
         if p.registration.scheme != "employee":
-            return self._reject(e, "NOT_AN_EMPLOYEE",
-                                f"{e.person_id} is in the {p.registration.scheme} scheme")
+            return self._reject(
+                e, "NOT_AN_EMPLOYEE", f"{e.person_id} is in the {p.registration.scheme} scheme"
+            )
         return Decision([], [("balance", e.person_id, e.amount_fen)])
 
     def _aid_authorized(self, state: State, e: ev.FamilyAidAuthorized) -> Decision:
@@ -163,19 +182,25 @@ class Engine:
             return p
         assert p.registration is not None
         if p.registration.scheme != "employee":
-            return self._reject(e, "NOT_AN_EMPLOYEE",
-                                f"payer {e.person_id} is in the {p.registration.scheme} scheme")
+            return self._reject(
+                e,
+                "NOT_AN_EMPLOYEE",
+                f"payer {e.person_id} is in the {p.registration.scheme} scheme",
+            )
         b = state.persons.get(e.beneficiary_id)
         if b is None or b.registration is None:
-            return self._reject(e, "FAMILY_AID_INVALID",
-                                f"beneficiary {e.beneficiary_id} is not registered")
+            return self._reject(
+                e, "FAMILY_AID_INVALID", f"beneficiary {e.beneficiary_id} is not registered"
+            )
         if e.beneficiary_id == e.person_id:
             return self._reject(e, "FAMILY_AID_INVALID", "a payer cannot aid itself")
         if b.registration.household_id != p.registration.household_id:
             return self._reject(
-                e, "FAMILY_AID_INVALID",
+                e,
+                "FAMILY_AID_INVALID",
                 f"beneficiary household {b.registration.household_id} != payer household "
-                f"{p.registration.household_id}")
+                f"{p.registration.household_id}",
+            )
         if e.person_id in b.aid_payers:
             return _NOTHING
         return Decision([], [("aid_add", e.beneficiary_id, e.person_id)])
@@ -186,9 +211,11 @@ class Engine:
             return p
         b = state.persons.get(e.beneficiary_id)
         if b is None or e.person_id not in b.aid_payers:
-            return self._reject(e, "FAMILY_AID_INVALID",
-                                f"{e.person_id} has no family-aid authorization for "
-                                f"{e.beneficiary_id}")
+            return self._reject(
+                e,
+                "FAMILY_AID_INVALID",
+                f"{e.person_id} has no family-aid authorization for {e.beneficiary_id}",
+            )
         return Decision([], [("aid_remove", e.beneficiary_id, e.person_id)])
 
     def _certified(self, state: State, e: ev.SpecialDiseaseCertified) -> Decision:
@@ -198,8 +225,11 @@ class Engine:
         assert p.registration is not None
         newest = self.policy.for_region(p.registration.region, len(self.policy.versions) - 1)
         if e.disease_code not in newest.special_diseases:
-            return self._reject(e, "UNKNOWN_SPECIAL_DISEASE",
-                                f"{e.disease_code} is not in policy {newest.id}'s table")
+            return self._reject(
+                e,
+                "UNKNOWN_SPECIAL_DISEASE",
+                f"{e.disease_code} is not in policy {newest.id}'s table",
+            )
         return Decision([], [("certify", e.person_id, (e.disease_code, e.valid_from, e.valid_to))])
 
     def _filed(self, state: State, e: ev.CrossRegionFiled) -> Decision:
@@ -240,8 +270,11 @@ class Engine:
             return self._reject(e, "NO_CREDIT_LINE", f"no credit line from bank {e.bank}")
         owed = p.credit_outstanding.get(e.bank, 0)
         if e.amount_fen > owed:
-            return self._reject(e, "REPAYMENT_EXCEEDS_BALANCE",
-                                f"repaid {e.amount_fen} but {owed} is owed to {e.bank}")
+            return self._reject(
+                e,
+                "REPAYMENT_EXCEEDS_BALANCE",
+                f"repaid {e.amount_fen} but {owed} is owed to {e.bank}",
+            )
         return Decision([], [("credit", e.person_id, e.bank, -e.amount_fen)])
 
     # ------------------------------------------------------------------ care
@@ -249,19 +282,22 @@ class Engine:
     def _visit_opened(self, state: State, e: ev.VisitOpened) -> Decision:
         p = state.persons.get(e.person_id)
         if p is not None and e.visit_id in p.visits:
-            return self._reject(e, "DUPLICATE_VISIT", f"visit {e.visit_id} is already open",
-                                e.visit_id)
+            return self._reject(
+                e, "DUPLICATE_VISIT", f"visit {e.visit_id} is already open", e.visit_id
+            )
         return Decision([], [("open", e)])
 
     def _open_visit(self, state: State, e: Any) -> Visit | Decision:
         p = state.persons.get(e.person_id)
         visit = p.visits.get(e.visit_id) if p is not None else None
         if visit is None:
-            return self._reject(e, "UNKNOWN_VISIT",
-                                f"{e.person_id} has no visit {e.visit_id}", e.visit_id)
+            return self._reject(
+                e, "UNKNOWN_VISIT", f"{e.person_id} has no visit {e.visit_id}", e.visit_id
+            )
         if visit.current is not None:
-            return self._reject(e, "VISIT_ALREADY_SETTLED",
-                                f"visit {e.visit_id} is settled", e.visit_id)
+            return self._reject(
+                e, "VISIT_ALREADY_SETTLED", f"visit {e.visit_id} is settled", e.visit_id
+            )
         return visit
 
     def _items(self, state: State, e: ev.ItemsCharged | ev.PrescriptionIssued) -> Decision:
@@ -271,9 +307,12 @@ class Engine:
         seen: set[str] = set()
         for item in e.items:
             if item.line_id in visit.lines or item.line_id in seen:
-                return self._reject(e, "DUPLICATE_LINE",
-                                    f"line {item.line_id} is already on visit {e.visit_id}",
-                                    e.visit_id)
+                return self._reject(
+                    e,
+                    "DUPLICATE_LINE",
+                    f"line {item.line_id} is already on visit {e.visit_id}",
+                    e.visit_id,
+                )
             seen.add(item.line_id)
         return Decision([], [("lines", e.person_id, e.visit_id, e.items)])
 
@@ -284,9 +323,12 @@ class Engine:
         seen: set[str] = set()
         for line_id in e.line_ids:
             if line_id not in visit.lines or line_id in seen:
-                return self._reject(e, "UNKNOWN_LINE",
-                                    f"line {line_id} is not a current line of visit {e.visit_id}",
-                                    e.visit_id)
+                return self._reject(
+                    e,
+                    "UNKNOWN_LINE",
+                    f"line {line_id} is not a current line of visit {e.visit_id}",
+                    e.visit_id,
+                )
             seen.add(line_id)
         return Decision([], [("unlines", e.person_id, e.visit_id, tuple(e.line_ids))])
 
@@ -294,13 +336,20 @@ class Engine:
         p = state.persons.get(e.person_id)
         visit = p.visits.get(e.visit_id) if p is not None else None
         if visit is None:
-            return self._claim_rejected(e, "UNKNOWN_VISIT", f"{e.person_id} has no visit {e.visit_id}")
+            return self._claim_rejected(
+                e, "UNKNOWN_VISIT", f"{e.person_id} has no visit {e.visit_id}"
+            )
         s = visit.current
         if s is None:
-            return self._claim_rejected(e, "VISIT_NOT_SETTLED", f"visit {e.visit_id} is not settled")
+            return self._claim_rejected(
+                e, "VISIT_NOT_SETTLED", f"visit {e.visit_id} is not settled"
+            )
         out = ClaimReversed(
-            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
-            visit_id=e.visit_id, settlement_seq=s.seq,
+            event_id=f"{e.event_id}/0",
+            caused_by=e.event_id,
+            person_id=e.person_id,
+            visit_id=e.visit_id,
+            settlement_seq=s.seq,
             amounts=Amounts(**{k: -v for k, v in s.amounts.items()}),
             family_debits=[FamilyDebit(payer_id=pid, amount_fen=-amt) for pid, amt in s.family],
         )
@@ -323,45 +372,70 @@ class Engine:
             elif limit - p.credit_outstanding.get(e.bank, 0) < e.amount_fen:
                 reason = "CREDIT_LIMIT"
         if reason is not None:
-            return Decision([PaymentRejected(
-                event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
-                visit_id=e.visit_id, payment_id=e.payment_id, reason=reason)])
+            return Decision(
+                [
+                    PaymentRejected(
+                        event_id=f"{e.event_id}/0",
+                        caused_by=e.event_id,
+                        person_id=e.person_id,
+                        visit_id=e.visit_id,
+                        payment_id=e.payment_id,
+                        reason=reason,
+                    )
+                ]
+            )
         assert s is not None
         out = PaymentAccepted(
-            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
-            visit_id=e.visit_id, payment_id=e.payment_id, method=e.method,
-            amount_fen=e.amount_fen, outstanding_fen=s.outstanding - e.amount_fen)
+            event_id=f"{e.event_id}/0",
+            caused_by=e.event_id,
+            person_id=e.person_id,
+            visit_id=e.visit_id,
+            payment_id=e.payment_id,
+            method=e.method,
+            amount_fen=e.amount_fen,
+            outstanding_fen=s.outstanding - e.amount_fen,
+        )
         bank = e.bank if e.method == "credit" else None
         return Decision([out], [("pay", e.person_id, e.visit_id, e.amount_fen, bank)])
 
     # ------------------------------------------------------------------ settlement
 
-    def _visit_closed(self, state: State, e: ev.VisitClosed) -> Decision:  # noqa: C901
+    def _visit_closed(self, state: State, e: ev.VisitClosed) -> Decision:
         p = state.persons.get(e.person_id)
         visit = p.visits.get(e.visit_id) if p is not None else None
         # Step 0: can the visit be settled?
         if p is None or visit is None:
-            return self._claim_rejected(e, "UNKNOWN_VISIT", f"{e.person_id} has no visit {e.visit_id}")
+            return self._claim_rejected(
+                e, "UNKNOWN_VISIT", f"{e.person_id} has no visit {e.visit_id}"
+            )
         if visit.current is not None:
-            return self._claim_rejected(e, "VISIT_ALREADY_SETTLED",
-                                        f"visit {e.visit_id} is settled (seq {visit.seq})")
+            return self._claim_rejected(
+                e, "VISIT_ALREADY_SETTLED", f"visit {e.visit_id} is settled (seq {visit.seq})"
+            )
         reg = p.registration
         if reg is None:
-            return self._claim_rejected(e, "UNKNOWN_PERSON", f"person {e.person_id} is not registered")
+            return self._claim_rejected(
+                e, "UNKNOWN_PERSON", f"person {e.person_id} is not registered"
+            )
         d = local_date(e.closed_at)
         vi = self.policy.version_index(d)
         if vi < 0:
-            return self._claim_rejected(e, "NO_POLICY_IN_FORCE", f"no policy version in force on {d}")
+            return self._claim_rejected(
+                e, "NO_POLICY_IN_FORCE", f"no policy version in force on {d}"
+            )
         pol = self.policy.for_region(reg.region, vi)
         if d < reg.effective_from:
-            return self._claim_rejected(e, "NOT_YET_ENROLLED",
-                                        f"service date {d} < enrollment {reg.effective_from}")
+            return self._claim_rejected(
+                e, "NOT_YET_ENROLLED", f"service date {d} < enrollment {reg.effective_from}"
+            )
         if in_force(p.suspended, d, False):
             return self._claim_rejected(e, "ENROLLMENT_SUSPENDED", f"enrollment suspended on {d}")
         if p.date_of_death is not None and p.date_of_death < visit.opened_date:
             return self._claim_rejected(
-                e, "PERSON_DECEASED",
-                f"date of death {p.date_of_death} < visit opened {visit.opened_date}")
+                e,
+                "PERSON_DECEASED",
+                f"date of death {p.date_of_death} < visit opened {visit.opened_date}",
+            )
         o = visit.opened
         if o.kind == "outpatient_special":
             code = o.special_disease_code
@@ -369,12 +443,22 @@ class Engine:
                 c == code and f <= d <= t for c, f, t in p.certifications
             ):
                 return self._claim_rejected(
-                    e, "SPECIAL_DISEASE_NOT_CERTIFIED",
-                    f"no certification of {code} covering {d} in policy {pol.id}")
+                    e,
+                    "SPECIAL_DISEASE_NOT_CERTIFIED",
+                    f"no certification of {code} covering {d} in policy {pol.id}",
+                )
         return self._settle(state, p, reg, visit, e, d, pol)
 
-    def _settle(self, state: State, p: Person, reg: ev.PersonRegistered, visit: Visit,
-                e: ev.VisitClosed, d: dt.date, pol: PolicyVersion) -> Decision:
+    def _settle(
+        self,
+        state: State,
+        p: Person,
+        reg: ev.PersonRegistered,
+        visit: Visit,
+        e: ev.VisitClosed,
+        d: dt.date,
+        pol: PolicyVersion,
+    ) -> Decision:
         sp: SchemePolicy = pol.scheme[reg.scheme]
         o = visit.opened
         trace: list[TraceEntry] = []
@@ -402,10 +486,16 @@ class Engine:
                 f = pct(c, b_rate)
                 first_self_pay += f
                 eligible += c - f
-        trace.append(TraceEntry(step="lines", detail=(
-            f"{len(visit.lines)} lines: total {total} = class C {self_pay_full} + over cap "
-            f"{over_cap} + class B first self-pay {first_self_pay} (b_first_self_pay "
-            f"{b_rate} bp) + eligible {eligible}")))
+        trace.append(
+            TraceEntry(
+                step="lines",
+                detail=(
+                    f"{len(visit.lines)} lines: total {total} = class C {self_pay_full} + over cap "
+                    f"{over_cap} + class B first self-pay {first_self_pay} (b_first_self_pay "
+                    f"{b_rate} bp) + eligible {eligible}"
+                ),
+            )
+        )
 
         # Step 2: the benefit that applies
         kind = o.kind
@@ -428,11 +518,18 @@ class Engine:
         cross = insured[:2] != treated[:2]
         filed = cross and any(r == treated and f <= d <= t for r, f, t in p.filings)
         penalty = sp.cross_province_penalty if cross and not filed else 0
-        trace.append(TraceEntry(step="benefit", detail=(
-            f"visit kind {kind} -> {benefit}" + (f" ({condition})" if condition else "")
-            + f"; scheme {reg.scheme}, level {level}, retired {retired}; insured {insured}, "
-            f"treated {treated}, cross-province {cross}, filed {filed}, penalty {penalty} bp; "
-            f"policy {pol.id}, benefit year {year}")))
+        trace.append(
+            TraceEntry(
+                step="benefit",
+                detail=(
+                    f"visit kind {kind} -> {benefit}"
+                    + (f" ({condition})" if condition else "")
+                    + f"; scheme {reg.scheme}, level {level}, retired {retired}; insured {insured}, "
+                    f"treated {treated}, cross-province {cross}, filed {filed}, penalty {penalty} bp; "
+                    f"policy {pol.id}, benefit year {year}"
+                ),
+            )
+        )
 
         # Step 3: basic fund
         E = eligible
@@ -442,24 +539,37 @@ class Engine:
             D0 = sp.inpatient_deductible[level - 1]
             D = pct(D0, 5000) if n >= 2 else D0
             ded = min(E, D)
-            r = clamp(sp.inpatient_rate[level - 1] + (sp.retiree_inpatient_bonus if retired else 0)
-                      - penalty)
+            r = clamp(
+                sp.inpatient_rate[level - 1]
+                + (sp.retiree_inpatient_bonus if retired else 0)
+                - penalty
+            )
             paid = acc.get("pooled_fund_paid", 0)
             room = max(0, sp.pooled_cap - paid)
             raw = pct(E - ded, r)
             fund = min(raw, room)
             deltas["pooled_fund_paid"] = fund
             deltas["inpatient_admissions"] = 1
-            trace.append(TraceEntry(step="basic_fund", detail=(
-                f"inpatient admission {n}: deductible {D0}" + (" halved" if n >= 2 else "")
-                + f" = {D}, ded = min({E}, {D}) = {ded}; rate {r} bp; fund = min(pct({E - ded}, "
-                f"{r}) = {raw}, pooled_cap {sp.pooled_cap} - pooled_fund_paid {paid}) = {fund}; "
-                f"pooled_fund_paid {paid} -> {paid + fund}; inpatient_admissions {n - 1} -> {n}")))
+            trace.append(
+                TraceEntry(
+                    step="basic_fund",
+                    detail=(
+                        f"inpatient admission {n}: deductible {D0}"
+                        + (" halved" if n >= 2 else "")
+                        + f" = {D}, ded = min({E}, {D}) = {ded}; rate {r} bp; fund = min(pct({E - ded}, "
+                        f"{r}) = {raw}, pooled_cap {sp.pooled_cap} - pooled_fund_paid {paid}) = {fund}; "
+                        f"pooled_fund_paid {paid} -> {paid + fund}; inpatient_admissions {n - 1} -> {n}"
+                    ),
+                )
+            )
         elif benefit == "outpatient_special":
             code = o.special_disease_code
             assert code is not None
-            r = clamp(sp.inpatient_rate[level - 1] + (sp.retiree_inpatient_bonus if retired else 0)
-                      - penalty)
+            r = clamp(
+                sp.inpatient_rate[level - 1]
+                + (sp.retiree_inpatient_bonus if retired else 0)
+                - penalty
+            )
             raw = pct(E, r)
             paid = acc.get("pooled_fund_paid", 0)
             key = f"special_paid:{code}"
@@ -470,27 +580,42 @@ class Engine:
                 fund = min(fund, max(0, limit - spaid))
             deltas[key] = fund
             deltas["pooled_fund_paid"] = fund
-            trace.append(TraceEntry(step="basic_fund", detail=(
-                f"special disease {code}: no deductible; rate {r} bp; fund = min(pct({E}, {r}) = "
-                f"{raw}, limit {limit if limit is not None else 'none'} - special_paid {spaid}, "
-                f"pooled_cap {sp.pooled_cap} - pooled_fund_paid {paid}) = {fund}; "
-                f"special_paid {spaid} -> {spaid + fund}; pooled_fund_paid {paid} -> {paid + fund}")))
+            trace.append(
+                TraceEntry(
+                    step="basic_fund",
+                    detail=(
+                        f"special disease {code}: no deductible; rate {r} bp; fund = min(pct({E}, {r}) = "
+                        f"{raw}, limit {limit if limit is not None else 'none'} - special_paid {spaid}, "
+                        f"pooled_cap {sp.pooled_cap} - pooled_fund_paid {paid}) = {fund}; "
+                        f"special_paid {spaid} -> {spaid + fund}; pooled_fund_paid {paid} -> {paid + fund}"
+                    ),
+                )
+            )
         elif benefit == "outpatient":
             used = acc.get("outpatient_deductible_used", 0)
             ded = min(E, max(0, sp.outpatient_deductible - used))
-            r = clamp(sp.outpatient_rate[level - 1] + (sp.retiree_outpatient_bonus if retired else 0)
-                      - penalty)
+            r = clamp(
+                sp.outpatient_rate[level - 1]
+                + (sp.retiree_outpatient_bonus if retired else 0)
+                - penalty
+            )
             raw = pct(E - ded, r)
             paid = acc.get("outpatient_fund_paid", 0)
             fund = min(raw, max(0, sp.outpatient_cap - paid))
             deltas["outpatient_deductible_used"] = ded
             deltas["outpatient_fund_paid"] = fund
-            trace.append(TraceEntry(step="basic_fund", detail=(
-                f"outpatient: deductible {sp.outpatient_deductible} - used {used}, ded = {ded}; "
-                f"rate {r} bp; fund = min(pct({E - ded}, {r}) = {raw}, outpatient_cap "
-                f"{sp.outpatient_cap} - outpatient_fund_paid {paid}) = {fund}; "
-                f"outpatient_deductible_used {used} -> {used + ded}; outpatient_fund_paid "
-                f"{paid} -> {paid + fund}")))
+            trace.append(
+                TraceEntry(
+                    step="basic_fund",
+                    detail=(
+                        f"outpatient: deductible {sp.outpatient_deductible} - used {used}, ded = {ded}; "
+                        f"rate {r} bp; fund = min(pct({E - ded}, {r}) = {raw}, outpatient_cap "
+                        f"{sp.outpatient_cap} - outpatient_fund_paid {paid}) = {fund}; "
+                        f"outpatient_deductible_used {used} -> {used + ded}; outpatient_fund_paid "
+                        f"{paid} -> {paid + fund}"
+                    ),
+                )
+            )
         else:
             assert condition is not None
             r = clamp(sp.chronic_rate - penalty)
@@ -500,10 +625,16 @@ class Engine:
             cap = sp.chronic_cap.get(condition, 0)
             fund = min(raw, max(0, cap - paid))
             deltas[key] = fund
-            trace.append(TraceEntry(step="basic_fund", detail=(
-                f"chronic {condition}: no deductible; rate {r} bp; fund = min(pct({E}, {r}) = "
-                f"{raw}, chronic_cap {cap} - chronic_paid {paid}) = {fund}; chronic_paid "
-                f"{paid} -> {paid + fund}")))
+            trace.append(
+                TraceEntry(
+                    step="basic_fund",
+                    detail=(
+                        f"chronic {condition}: no deductible; rate {r} bp; fund = min(pct({E}, {r}) = "
+                        f"{raw}, chronic_cap {cap} - chronic_paid {paid}) = {fund}; chronic_paid "
+                        f"{paid} -> {paid + fund}"
+                    ),
+                )
+            )
         oop = E - fund
 
         # Step 4: major illness insurance
@@ -533,12 +664,22 @@ class Engine:
             major = min(raw_major, max(0, sp.major_cap - mpaid))
             deltas["major_oop"] = oop
             deltas["major_paid"] = major
-            trace.append(TraceEntry(step="major_illness", detail=(
-                f"threshold {T}" + (f" (halved, assistance {category}, tier bonus {bonus} bp)"
-                                    if category else "")
-                + f"; major_oop {moop} -> {moop + oop}; tiers: {', '.join(parts) or 'none reached'}"
-                f"; major = min({raw_major}, major_cap {sp.major_cap} - major_paid {mpaid}) = "
-                f"{major}; major_paid {mpaid} -> {mpaid + major}")))
+            trace.append(
+                TraceEntry(
+                    step="major_illness",
+                    detail=(
+                        f"threshold {T}"
+                        + (
+                            f" (halved, assistance {category}, tier bonus {bonus} bp)"
+                            if category
+                            else ""
+                        )
+                        + f"; major_oop {moop} -> {moop + oop}; tiers: {', '.join(parts) or 'none reached'}"
+                        f"; major = min({raw_major}, major_cap {sp.major_cap} - major_paid {mpaid}) = "
+                        f"{major}; major_paid {mpaid} -> {mpaid + major}"
+                    ),
+                )
+            )
 
         # Step 5: medical assistance
         assist = 0
@@ -556,11 +697,17 @@ class Engine:
             assist = min(raw, max(0, ap.cap - apaid))
             deltas["assistance_deductible_used"] = aded
             deltas["assistance_paid"] = assist
-            trace.append(TraceEntry(step="assistance", detail=(
-                f"category {category}: rest {rest}; deductible {ap.deductible} - used {dused}, "
-                f"ded = {aded}; assist = min(pct({rest - aded}, {ap.rate}) = {raw}, cap {ap.cap}"
-                f" - assistance_paid {apaid}) = {assist}; assistance_deductible_used {dused} -> "
-                f"{dused + aded}; assistance_paid {apaid} -> {apaid + assist}")))
+            trace.append(
+                TraceEntry(
+                    step="assistance",
+                    detail=(
+                        f"category {category}: rest {rest}; deductible {ap.deductible} - used {dused}, "
+                        f"ded = {aded}; assist = min(pct({rest - aded}, {ap.rate}) = {raw}, cap {ap.cap}"
+                        f" - assistance_paid {apaid}) = {assist}; assistance_deductible_used {dused} -> "
+                        f"{dused + aded}; assistance_paid {apaid} -> {apaid + assist}"
+                    ),
+                )
+            )
 
         # Step 6: accounts and cash
         share = self_pay_full + over_cap + first_self_pay + oop - major - assist
@@ -580,31 +727,64 @@ class Engine:
                     family.append((payer_id, amt))
                     family_total += amt
         cash_due = share - own - family_total
-        trace.append(TraceEntry(step="accounts", detail=(
-            f"share = {self_pay_full} + {over_cap} + {first_self_pay} + oop {oop} - major {major} "
-            f"- assistance {assist} = {share}; use_personal_account {e.use_personal_account}; "
-            f"own account {p.balance} pays {own}; family "
-            + (", ".join(f"{pid} pays {amt}" for pid, amt in family) or "none")
-            + f"; cash due {cash_due}")))
+        trace.append(
+            TraceEntry(
+                step="accounts",
+                detail=(
+                    f"share = {self_pay_full} + {over_cap} + {first_self_pay} + oop {oop} - major {major} "
+                    f"- assistance {assist} = {share}; use_personal_account {e.use_personal_account}; "
+                    f"own account {p.balance} pays {own}; family "
+                    + (", ".join(f"{pid} pays {amt}" for pid, amt in family) or "none")
+                    + f"; cash due {cash_due}"
+                ),
+            )
+        )
 
         amounts = {
-            "total": total, "self_pay_full": self_pay_full, "over_cap": over_cap,
-            "first_self_pay": first_self_pay, "eligible": eligible, "deductible": ded,
-            "basic_fund": fund, "major_illness": major, "assistance": assist,
-            "personal_account": own, "family_account": family_total, "cash_due": cash_due,
+            "total": total,
+            "self_pay_full": self_pay_full,
+            "over_cap": over_cap,
+            "first_self_pay": first_self_pay,
+            "eligible": eligible,
+            "deductible": ded,
+            "basic_fund": fund,
+            "major_illness": major,
+            "assistance": assist,
+            "personal_account": own,
+            "family_account": family_total,
+            "cash_due": cash_due,
         }
         seq = visit.seq + 1
         settled = ClaimSettled(
-            event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
-            visit_id=e.visit_id, household_id=reg.household_id, settlement_seq=seq,
-            policy_version=pol.id, benefit_year=year, service_date=d, scheme=reg.scheme,
-            kind=benefit, insured_region=insured, treatment_region=treated,
-            facility_id=o.facility_id, cross_province=cross, amounts=Amounts(**amounts),
+            event_id=f"{e.event_id}/0",
+            caused_by=e.event_id,
+            person_id=e.person_id,
+            visit_id=e.visit_id,
+            household_id=reg.household_id,
+            settlement_seq=seq,
+            policy_version=pol.id,
+            benefit_year=year,
+            service_date=d,
+            scheme=reg.scheme,
+            kind=benefit,
+            insured_region=insured,
+            treatment_region=treated,
+            facility_id=o.facility_id,
+            cross_province=cross,
+            amounts=Amounts(**amounts),
             family_debits=[FamilyDebit(payer_id=pid, amount_fen=amt) for pid, amt in family],
             trace=trace,
         )
-        record = Settlement(seq=seq, event_id=e.event_id, amounts=amounts, year=year,
-                            acc_deltas=deltas, own=own, family=family, outstanding=cash_due)
+        record = Settlement(
+            seq=seq,
+            event_id=e.event_id,
+            amounts=amounts,
+            year=year,
+            acc_deltas=deltas,
+            own=own,
+            family=family,
+            outstanding=cash_due,
+        )
         outputs: list[OutputEvent] = [settled]
         outputs.extend(audit.flags(settled, filed, oop, e.event_id, 1))
         return Decision(outputs, [("settle", e.person_id, e.visit_id, record)])

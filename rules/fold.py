@@ -74,8 +74,13 @@ class Counts:
 class Fold:
     """Stateful driver: raw bytes in, outputs (or a dead letter) out, in order."""
 
-    def __init__(self, engine: Engine, codec: Codec | None = None, state: State | None = None,
-                 dedup: Deduplicator | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        codec: Codec | None = None,
+        state: State | None = None,
+        dedup: Deduplicator | None = None,
+    ) -> None:
         self.engine = engine
         self.codec = codec or Codec()
         self.state = state or State()

@@ -13,6 +13,7 @@ persons insured in that region.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import tomllib
 from collections.abc import Mapping
 from functools import cached_property
@@ -61,7 +62,7 @@ class SchemePolicy(_Frozen):
     def _tiers(cls, v: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
         if v[0][0] != 0:
             raise ValueError("the first tier must start at 0 (measured above the threshold)")
-        for (a, _), (b, _) in zip(v, v[1:], strict=False):
+        for (a, _), (b, _) in itertools.pairwise(v):
             if b <= a:
                 raise ValueError("tier starts must increase")
         return v
@@ -105,8 +106,9 @@ class PolicyVersion(_Frozen):
 class Policy:
     """All versions of a policy, with region overrides resolved lazily and cached."""
 
-    def __init__(self, name: str, raw_versions: list[dict[str, Any]],
-                 overrides: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, name: str, raw_versions: list[dict[str, Any]], overrides: list[dict[str, Any]]
+    ) -> None:
         self.name = name
         self._raw = raw_versions  # complete (inheritance applied), sorted by effective_from
         self._overrides = overrides
@@ -143,7 +145,8 @@ class Policy:
         key = (region, index)
         base = self.versions[index]
         patches = [
-            o for o in self._overrides
+            o
+            for o in self._overrides
             if _region_matches(o["region"], region)
             and (o.get("versions") is None or base.id in o["versions"])
         ]
@@ -183,8 +186,8 @@ def _build(doc: Mapping[str, Any], where: str) -> PolicyVersion:
         return PolicyVersion.model_validate(fixed, strict=False)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            f" (got {e.get('input')!r})" for e in exc.errors()
+            f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
         )
         raise PolicyError(f"invalid policy: {problems}") from None
 
@@ -198,8 +201,14 @@ def _to_tuples(obj: Any) -> Any:
 
 
 _TOP_KEYS = {"name", "version", "override"}
-_OVERRIDE_KEYS = {"region", "versions", "scheme", "assistance", "chronic_conditions",
-                  "special_diseases"}
+_OVERRIDE_KEYS = {
+    "region",
+    "versions",
+    "scheme",
+    "assistance",
+    "chronic_conditions",
+    "special_diseases",
+}
 
 
 def parse_policy(doc: Mapping[str, Any]) -> Policy:
@@ -228,7 +237,7 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
             full = dict(v)
         by_id[v["id"]] = full
         complete.append(full)
-    complete.sort(key=lambda v: (v.get("effective_from") or dt.date.min))
+    complete.sort(key=lambda v: v.get("effective_from") or dt.date.min)
     overrides = doc.get("override", [])
     if not isinstance(overrides, list):
         raise PolicyError("invalid policy: override must be an array of tables [[override]]")
@@ -243,7 +252,9 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
             )
         vs = o.get("versions")
         if vs is not None and (not isinstance(vs, list) or not set(vs) <= set(by_id)):
-            raise PolicyError(f"invalid policy: override[{i}].versions {vs!r} names unknown versions")
+            raise PolicyError(
+                f"invalid policy: override[{i}].versions {vs!r} names unknown versions"
+            )
     return Policy(str(doc.get("name", "policy")), complete, overrides)
 
 

@@ -27,13 +27,13 @@ Version = Literal[1]
 
 Scheme = Literal["employee", "resident"]
 Assistance = Literal["extreme_poverty", "low_income", "marginal"]
-VisitKind = Literal["outpatient", "emergency", "outpatient_special", "outpatient_chronic", "inpatient"]
+VisitKind = Literal[
+    "outpatient", "emergency", "outpatient_special", "outpatient_chronic", "inpatient"
+]
 PaymentMethod = Literal["insurance_code_qr", "face", "mobile", "bank_card", "cash", "credit"]
 
-_CFG = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
 
-
-class Base(msgspec.Struct, **_CFG):  # type: ignore[misc,call-arg]
+class Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Envelope shared by every input event (the tag ``type`` is added per class)."""
 
     event_id: Id
@@ -43,14 +43,14 @@ class Base(msgspec.Struct, **_CFG):  # type: ignore[misc,call-arg]
     person_id: Id
 
 
-class _Tagged(Base, tag_field="type", **_CFG):  # type: ignore[misc,call-arg]
+class _Tagged(Base, tag_field="type", frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
 # --------------------------------------------------------------------- enrollment
 
 
-class PersonRegistered(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class PersonRegistered(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     household_id: Id
     scheme: Scheme
     region: Region
@@ -71,53 +71,59 @@ class PersonRegistered(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg
                 )
 
 
-class AssistanceStatusChanged(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class AssistanceStatusChanged(
+    _Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
     assistance: Assistance | None = None
     effective_from: dt.date
 
 
-class PersonalAccountCredited(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class PersonalAccountCredited(
+    _Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
     amount_fen: PositiveFen
 
 
-class FamilyAidAuthorized(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class FamilyAidAuthorized(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     beneficiary_id: Id
 
 
-class FamilyAidRevoked(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class FamilyAidRevoked(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     beneficiary_id: Id
 
 
-class SpecialDiseaseCertified(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class SpecialDiseaseCertified(
+    _Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
     disease_code: Id
     valid_from: dt.date
     valid_to: dt.date
 
 
-class CrossRegionFiled(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class CrossRegionFiled(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     treatment_region: Region
     valid_from: dt.date
     valid_to: dt.date
 
 
-class EnrollmentSuspended(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class EnrollmentSuspended(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     effective_from: dt.date
 
 
-class EnrollmentResumed(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class EnrollmentResumed(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     effective_from: dt.date
 
 
-class PersonDeceased(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class PersonDeceased(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     date_of_death: dt.date
 
 
-class CreditLineGranted(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class CreditLineGranted(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     bank: Id
     limit_fen: PositiveFen
 
 
-class CreditRepaid(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class CreditRepaid(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     bank: Id
     amount_fen: PositiveFen
 
@@ -125,7 +131,7 @@ class CreditRepaid(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
 # --------------------------------------------------------------------- care
 
 
-class LineItem(msgspec.Struct, **_CFG):  # type: ignore[misc,call-arg]
+class LineItem(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     line_id: Id
     code: str
     name: str
@@ -144,7 +150,7 @@ class LineItem(msgspec.Struct, **_CFG):  # type: ignore[misc,call-arg]
             )
 
 
-class VisitOpened(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class VisitOpened(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: Id
     facility_id: Id
     facility_level: Literal[1, 2, 3]
@@ -168,34 +174,34 @@ class VisitOpened(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
             )
 
 
-class PrescriptionIssued(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class PrescriptionIssued(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: Id
     prescription_id: Id
     items: list[LineItem]
 
 
-class ItemsCharged(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class ItemsCharged(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: Id
     items: list[LineItem]
 
 
-class ChargeReversed(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class ChargeReversed(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: Id
     line_ids: list[Id]
 
 
-class VisitClosed(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class VisitClosed(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: Id
     closed_at: Timestamp
     use_personal_account: bool = True
 
 
-class VisitRefunded(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class VisitRefunded(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: Id
     reason: str
 
 
-class PaymentMade(_Tagged, tag=True, **_CFG):  # type: ignore[misc,call-arg]
+class PaymentMade(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: Id
     payment_id: Id
     method: PaymentMethod
@@ -264,10 +270,8 @@ TOPIC_OF: dict[str, str] = {
 
 # --------------------------------------------------------------------- outputs
 
-_OCFG = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True, "omit_defaults": False}
 
-
-class Amounts(msgspec.Struct, **_OCFG):  # type: ignore[misc,call-arg]
+class Amounts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     total: int
     self_pay_full: int
     over_cap: int
@@ -285,23 +289,23 @@ class Amounts(msgspec.Struct, **_OCFG):  # type: ignore[misc,call-arg]
         return Amounts(**{f: -getattr(self, f) for f in self.__struct_fields__})
 
 
-class FamilyDebit(msgspec.Struct, **_OCFG):  # type: ignore[misc,call-arg]
+class FamilyDebit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     payer_id: str
     amount_fen: int
 
 
-class TraceEntry(msgspec.Struct, **_OCFG):  # type: ignore[misc,call-arg]
+class TraceEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     step: str
     detail: str
 
 
-class _Out(msgspec.Struct, tag_field="type", **_OCFG):  # type: ignore[misc,call-arg]
+class _Out(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, forbid_unknown_fields=True):
     event_id: str
     caused_by: str
     person_id: str
 
 
-class ClaimSettled(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
+class ClaimSettled(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: str
     household_id: str
     settlement_seq: int
@@ -319,20 +323,20 @@ class ClaimSettled(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
     trace: list[TraceEntry]
 
 
-class ClaimRejected(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
+class ClaimRejected(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: str
     reason: str
     detail: str
 
 
-class ClaimReversed(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
+class ClaimReversed(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: str
     settlement_seq: int
     amounts: Amounts
     family_debits: list[FamilyDebit]
 
 
-class PaymentAccepted(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
+class PaymentAccepted(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: str
     payment_id: str
     method: str
@@ -340,13 +344,13 @@ class PaymentAccepted(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
     outstanding_fen: int
 
 
-class PaymentRejected(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
+class PaymentRejected(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: str
     payment_id: str
     reason: str
 
 
-class AuditFlagRaised(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
+class AuditFlagRaised(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: str | None = None
     rule: str
     severity: Literal["info", "warn", "block"]
@@ -354,7 +358,7 @@ class AuditFlagRaised(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
     detail: str
 
 
-class EventRejected(_Out, tag=True, **_OCFG):  # type: ignore[misc,call-arg]
+class EventRejected(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
     visit_id: str | None = None
     reason: str
     detail: str

@@ -25,7 +25,9 @@ def test_example_log_reproduces_expected_outputs(name: str) -> None:
     events = EXAMPLES / f"{name}-events.jsonl"
     if not events.exists():
         pytest.skip(f"spec examples not found at {EXAMPLES}")
-    expected = [json.loads(x) for x in (EXAMPLES / f"{name}-expected.jsonl").read_text().splitlines()]
+    expected = [
+        json.loads(x) for x in (EXAMPLES / f"{name}-expected.jsonl").read_text().splitlines()
+    ]
     outputs, _ = _settle(events)
     compared = [o for o in outputs if o["type"] != "AuditFlagRaised"]
     assert len(compared) == len(expected)
@@ -40,7 +42,9 @@ def test_outputs_carry_deterministic_ids_and_traces() -> None:
     assert len(set(ids)) == len(ids)
     assert all(o["event_id"].startswith(o["caused_by"] + "/") for o in outputs)
     settled = [o for o in outputs if o["type"] == "ClaimSettled"]
-    assert all({t["step"] for t in s["trace"]} >= {"lines", "basic_fund", "accounts"} for s in settled)
+    assert all(
+        {t["step"] for t in s["trace"]} >= {"lines", "basic_fund", "accounts"} for s in settled
+    )
     # The trace alone recomputes the first worked case: fund = pct(38,500 - 500 yuan, 75%).
     fund_step = next(t["detail"] for t in settled[0]["trace"] if t["step"] == "basic_fund")
     assert "pct(3800000, 7500) = 2850000" in fund_step
@@ -49,10 +53,10 @@ def test_outputs_carry_deterministic_ids_and_traces() -> None:
 def test_malformed_lines_are_dead_lettered_and_change_nothing_else(tmp_path: Path) -> None:
     source = (EXAMPLES / "worked-events.jsonl").read_bytes().splitlines(keepends=True)
     bad = [
-        b'{"type": "VisitClosed", "event_id": "b1"\n',                   # truncated
-        b'\xff\xfe not utf-8\n',                                          # invalid bytes
-        b'{"type": "Nope", "event_id": "b2"}\n',                          # unknown type
-        source[6].replace(b'"amount_fen": 100', b'"amount_fen": -100'),   # negative money
+        b'{"type": "VisitClosed", "event_id": "b1"\n',  # truncated
+        b"\xff\xfe not utf-8\n",  # invalid bytes
+        b'{"type": "Nope", "event_id": "b2"}\n',  # unknown type
+        source[6].replace(b'"amount_fen": 100', b'"amount_fen": -100'),  # negative money
         source[4].replace(b'"amount_fen": 3000000', b'"amount_fen": 3000001'),
         source[3].replace(b'"kind": "inpatient"', b'"kind": "outpatient_special"'),
     ]

@@ -35,8 +35,11 @@ def test_default_versions_and_inheritance() -> None:
 def test_region_override_applies_only_to_its_region(tmp_path: Path) -> None:
     d = doc()
     d["override"] = [
-        {"region": "500000", "versions": ["2025"],
-         "scheme": {"resident": {"outpatient_cap": 70000}}},
+        {
+            "region": "500000",
+            "versions": ["2025"],
+            "scheme": {"resident": {"outpatient_cap": 70000}},
+        },
         {"region": "500112", "scheme": {"resident": {"outpatient_cap": 90000}}},
     ]
     p = parse_policy(d)
@@ -50,18 +53,27 @@ def test_region_override_applies_only_to_its_region(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("patch", "message"),
     [
-        (lambda d: d["version"][0]["scheme"]["employee"].update(outpatient_cap=-1),
-         "version[2020].scheme.employee.outpatient_cap"),
-        (lambda d: d["version"][0]["scheme"]["employee"].update(outpatient_capp=1),
-         "outpatient_capp"),
-        (lambda d: d["version"][0]["scheme"]["resident"].update(inpatient_rate=[1, 2]),
-         "inpatient_rate"),
+        (
+            lambda d: d["version"][0]["scheme"]["employee"].update(outpatient_cap=-1),
+            "version[2020].scheme.employee.outpatient_cap",
+        ),
+        (
+            lambda d: d["version"][0]["scheme"]["employee"].update(outpatient_capp=1),
+            "outpatient_capp",
+        ),
+        (
+            lambda d: d["version"][0]["scheme"]["resident"].update(inpatient_rate=[1, 2]),
+            "inpatient_rate",
+        ),
         (lambda d: d["version"][1].update(inherits="1999"), "inherits"),
         (lambda d: d.update(colour="red"), "colour"),
         (lambda d: d.update(override=[{"region": "5000", "scheme": {}}]), "override[0].region"),
-        (lambda d: d.update(override=[{"region": "500000",
-                                       "scheme": {"resident": {"chronic_rate": 20000}}}]),
-         "override[500000]"),
+        (
+            lambda d: d.update(
+                override=[{"region": "500000", "scheme": {"resident": {"chronic_rate": 20000}}}]
+            ),
+            "override[500000]",
+        ),
     ],
 )
 def test_bad_policy_names_key_and_value(patch, message: str) -> None:  # type: ignore[no-untyped-def]

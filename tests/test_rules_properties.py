@@ -35,15 +35,29 @@ def household(draw: st.DrawFn, hid: str = "H1") -> list[dict[str, Any]]:
     for pid in people:
         scheme = draw(st.sampled_from(["employee", "resident"]))
         schemes[pid] = scheme
-        events.append(registered(
-            pid, household=hid, scheme=scheme, region=draw(st.sampled_from(REGIONS)),
-            retired=scheme == "employee" and draw(st.booleans()),
-            assistance=draw(st.sampled_from(CATEGORIES)),
-            balance=draw(st.integers(0, 2_000_000)) if scheme == "employee" else 0))
-        events.append(envelope("SpecialDiseaseCertified", pid, disease_code="DIALYSIS",
-                               valid_from="2024-01-01", valid_to="2026-12-31"))
-        events.append(envelope("CreditLineGranted", pid, bank="B1",
-                               limit_fen=draw(st.integers(1, 5_000_000))))
+        events.append(
+            registered(
+                pid,
+                household=hid,
+                scheme=scheme,
+                region=draw(st.sampled_from(REGIONS)),
+                retired=scheme == "employee" and draw(st.booleans()),
+                assistance=draw(st.sampled_from(CATEGORIES)),
+                balance=draw(st.integers(0, 2_000_000)) if scheme == "employee" else 0,
+            )
+        )
+        events.append(
+            envelope(
+                "SpecialDiseaseCertified",
+                pid,
+                disease_code="DIALYSIS",
+                valid_from="2024-01-01",
+                valid_to="2026-12-31",
+            )
+        )
+        events.append(
+            envelope("CreditLineGranted", pid, bank="B1", limit_fen=draw(st.integers(1, 5_000_000)))
+        )
     for payer in people:
         if schemes[payer] == "employee":
             for b in people:
@@ -57,14 +71,26 @@ def household(draw: st.DrawFn, hid: str = "H1") -> list[dict[str, Any]]:
         year = draw(st.sampled_from([2024, 2025]))
         day = f"{year}-{month:02d}-10"
         if draw(st.integers(0, 9)) == 0:
-            events.append(envelope("AssistanceStatusChanged", pid,
-                                   assistance=draw(st.sampled_from(CATEGORIES)),
-                                   effective_from=f"{year}-{month:02d}-01"))
-        events.append(opened(pid, vid, kind=kind, level=draw(st.integers(1, 3)),
-                             region=draw(st.sampled_from(REGIONS)),
-                             opened_at=f"{day}T08:00:00+08:00",
-                             diagnoses=[draw(st.sampled_from(DIAGNOSES))],
-                             special="DIALYSIS" if kind == "outpatient_special" else None))
+            events.append(
+                envelope(
+                    "AssistanceStatusChanged",
+                    pid,
+                    assistance=draw(st.sampled_from(CATEGORIES)),
+                    effective_from=f"{year}-{month:02d}-01",
+                )
+            )
+        events.append(
+            opened(
+                pid,
+                vid,
+                kind=kind,
+                level=draw(st.integers(1, 3)),
+                region=draw(st.sampled_from(REGIONS)),
+                opened_at=f"{day}T08:00:00+08:00",
+                diagnoses=[draw(st.sampled_from(DIAGNOSES))],
+                special="DIALYSIS" if kind == "outpatient_special" else None,
+            )
+        )
         lines = []
         big = 30_000_000 if kind == "inpatient" else 300_000
         for i in range(draw(st.integers(1, 4))):
@@ -72,19 +98,30 @@ def household(draw: st.DrawFn, hid: str = "H1") -> list[dict[str, Any]]:
             cap = draw(st.one_of(st.none(), st.integers(0, big)))
             lines.append(item(f"L{i}", cls=draw(st.sampled_from("AABC")), amount=amount, cap=cap))
         events.append(charged(pid, vid, lines))
-        events.append(closed(pid, vid, closed_at=f"{day}T20:00:00+08:00",
-                             use_account=draw(st.booleans())))
+        events.append(
+            closed(pid, vid, closed_at=f"{day}T20:00:00+08:00", use_account=draw(st.booleans()))
+        )
         if draw(st.booleans()):
-            events.append(envelope("PaymentMade", pid, visit_id=vid, payment_id=f"PAY{v}",
-                                   method="credit", bank="B1",
-                                   amount_fen=draw(st.integers(1, 200_000))))
+            events.append(
+                envelope(
+                    "PaymentMade",
+                    pid,
+                    visit_id=vid,
+                    payment_id=f"PAY{v}",
+                    method="credit",
+                    bank="B1",
+                    amount_fen=draw(st.integers(1, 200_000)),
+                )
+            )
         if draw(st.integers(0, 3)) == 0:
             events.append(envelope("VisitRefunded", pid, visit_id=vid, reason="test"))
             events.append(closed(pid, vid, closed_at=f"{day}T21:00:00+08:00"))
     return events
 
 
-def fold(events: list[dict[str, Any]], state: State | None = None) -> tuple[list[OutputEvent], State]:
+def fold(
+    events: list[dict[str, Any]], state: State | None = None
+) -> tuple[list[OutputEvent], State]:
     state = state or State()
     out: list[OutputEvent] = []
     for d in events:
@@ -101,8 +138,9 @@ def caps_hold(state: State) -> None:
             continue
         sp = POLICY.versions[-1].scheme[p.registration.scheme]
         for year, acc in p.accumulators.items():
-            sp = POLICY.versions[POLICY.version_index(__import__("datetime").date(year, 6, 1))] \
-                .scheme[p.registration.scheme]
+            sp = POLICY.versions[
+                POLICY.version_index(__import__("datetime").date(year, 6, 1))
+            ].scheme[p.registration.scheme]
             assert acc.get("pooled_fund_paid", 0) <= sp.pooled_cap
             assert acc.get("outpatient_fund_paid", 0) <= sp.outpatient_cap
             assert acc.get("major_paid", 0) <= sp.major_cap
@@ -112,8 +150,14 @@ def caps_hold(state: State) -> None:
             assert all(v >= 0 for k, v in acc.items() if k != "assistance_deductible_used")
 
 
-AMOUNT_FIELDS = ("basic_fund", "major_illness", "assistance", "personal_account",
-                 "family_account", "cash_due")
+AMOUNT_FIELDS = (
+    "basic_fund",
+    "major_illness",
+    "assistance",
+    "personal_account",
+    "family_account",
+    "cash_due",
+)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -135,9 +179,14 @@ def snapshot(state: State) -> dict[str, Any]:
     def nonzero(acc: dict[str, int]) -> dict[str, int]:
         return {k: v for k, v in acc.items() if v}
 
-    return {pid: (p.balance, {y: nonzero(acc) for y, acc in p.accumulators.items() if nonzero(acc)},
-                  {b: v for b, v in p.credit_outstanding.items() if v})
-            for pid, p in state.persons.items()}
+    return {
+        pid: (
+            p.balance,
+            {y: nonzero(acc) for y, acc in p.accumulators.items() if nonzero(acc)},
+            {b: v for b, v in p.credit_outstanding.items() if v},
+        )
+        for pid, p in state.persons.items()
+    }
 
 
 @SETTINGS

@@ -93,12 +93,14 @@ def test_line_item_rules() -> None:
     zero["quantity"] = 0
     assert "$.items[0].quantity" in str(error_of(charged("P1", "V1", [zero])))
     assert "$.items[0].catalog_class" in str(
-        error_of(charged("P1", "V1", [{**item("L1"), "catalog_class": "D"}])))
+        error_of(charged("P1", "V1", [{**item("L1"), "catalog_class": "D"}]))
+    )
 
 
 def test_payment_rules() -> None:
-    pay = envelope("PaymentMade", "P1", visit_id="V1", payment_id="PAY1", method="credit",
-                   amount_fen=100)
+    pay = envelope(
+        "PaymentMade", "P1", visit_id="V1", payment_id="PAY1", method="credit", amount_fen=100
+    )
     assert "$.bank" in str(error_of(pay))
     assert "$.amount_fen" in str(error_of({**pay, "bank": "B1", "amount_fen": 0}))
     assert "$.bank" in str(error_of({**pay, "method": "cash", "bank": "B1"}))
@@ -107,7 +109,7 @@ def test_payment_rules() -> None:
 
 
 def test_not_json_and_wrong_shapes() -> None:
-    assert "not valid JSON" in str(error_of(b"{\"type\": "))
+    assert "not valid JSON" in str(error_of(b'{"type": '))
     assert "not valid JSON" in str(error_of(b"\xff"))
     assert "$" in str(error_of(b"[1, 2]"))
     assert error_of(b"[1, 2]").path == "$"
@@ -143,8 +145,12 @@ def test_outputs_round_trip() -> None:
 
     engine, state = Engine(load_policy()), State()
     outs = []
-    for d in [registered("P1", balance=100), opened("P1", "V1"),
-              charged("P1", "V1", [item("L1", amount=50000)]), closed("P1", "V1")]:
+    for d in [
+        registered("P1", balance=100),
+        opened("P1", "V1"),
+        charged("P1", "V1", [item("L1", amount=50000)]),
+        closed("P1", "V1"),
+    ]:
         outs += engine.apply(state, codec.decode(enc(d)))
     assert outs and all(codec.decode_output(codec.encode(o)) == o for o in outs)
 

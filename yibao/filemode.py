@@ -43,15 +43,31 @@ def dead_letter_record(dl: DeadLetter) -> dict[str, object]:
 
 @click.command()
 @click.argument("events", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
-              default=None, show_envvar=True,
-              help="Policy TOML file [default: the national default policy].")
-@click.option("--deadletter", type=click.Path(dir_okay=False, writable=True), default=None,
-              show_envvar=True, help="Write malformed lines here as JSONL (line, error, raw).")
-@click.option("--dedup-window-days", type=click.IntRange(min=1), default=30, show_envvar=True,
-              help="Event-time window within which a repeated event_id is a duplicate.")
-def settle(events: str, policy_path: str | None, deadletter: str | None,
-           dedup_window_days: int) -> None:
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    show_envvar=True,
+    help="Policy TOML file [default: the national default policy].",
+)
+@click.option(
+    "--deadletter",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    show_envvar=True,
+    help="Write malformed lines here as JSONL (line, error, raw).",
+)
+@click.option(
+    "--dedup-window-days",
+    type=click.IntRange(min=1),
+    default=30,
+    show_envvar=True,
+    help="Event-time window within which a repeated event_id is a duplicate.",
+)
+def settle(
+    events: str, policy_path: str | None, deadletter: str | None, dedup_window_days: int
+) -> None:
     """Fold an EVENTS.jsonl log in order and write the output events to stdout as JSONL.
 
     Malformed lines go to --deadletter (and are counted); a repeated event_id has no
