@@ -59,12 +59,8 @@ def create_app(settings: Settings, *, datadir: str | Path | None = None) -> faus
         broker_commit_interval=0.5,
         table_cleanup_interval=3600.0,
     )
-    source = app.topic(
-        in_topic(settings), key_type=bytes, value_type=bytes, partitions=settings.partitions
-    )
-    sink = app.topic(
-        out_topic(settings), key_type=bytes, value_type=bytes, partitions=settings.partitions
-    )
+    source = app.topic(in_topic(settings), key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    sink = app.topic(out_topic(settings), key_type=bytes, value_type=bytes, partitions=settings.partitions)
     counts = app.Table("counts", default=int, partitions=settings.partitions)
 
     @app.agent(source)
@@ -141,9 +137,7 @@ class SmokeResult:
         lines = [head, f"  expected counts: {dict(sorted(self.expected.items()))}"]
         lines.append(f"  counts read back from {self.prefix}smoke.counts: {self.final}")
         verdict = "OK" if self.ok else "FAILED"
-        lines.append(
-            f"  {verdict} in {self.seconds:.1f}s" + (f": {self.error}" if self.error else "")
-        )
+        lines.append(f"  {verdict} in {self.seconds:.1f}s" + (f": {self.error}" if self.error else ""))
         return "\n".join(lines)
 
 
@@ -184,9 +178,7 @@ def run_smoke(
     with contextlib.ExitStack() as stack:
         work = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         bootstrap = run.bootstrap_servers
-        asyncio.run(
-            create_topics(bootstrap, [in_topic(run), out_topic(run)], partitions=partitions)
-        )
+        asyncio.run(create_topics(bootstrap, [in_topic(run), out_topic(run)], partitions=partitions))
         asyncio.run(produce(bootstrap, in_topic(run), records))
         log_file = work / "smoke-worker.log"
         proc = start_worker(run, log_file=log_file, cwd=work)
@@ -197,8 +189,7 @@ def run_smoke(
                 result.seen.setdefault(doc["key"], []).append(doc["count"])
         except (TimeoutError, RuntimeError) as e:
             result.error = (
-                f"{e}; worker exit code {proc.poll()}; log:\n"
-                + log_file.read_text(errors="replace")[-4000:]
+                f"{e}; worker exit code {proc.poll()}; log:\n" + log_file.read_text(errors="replace")[-4000:]
             )
         finally:
             stop_worker(proc)

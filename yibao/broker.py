@@ -359,9 +359,7 @@ class LocalBroker:
     def _classpath(self) -> str:
         libs = self.config.libs
         if not any(libs.glob("kafka_2.13-*.jar")):
-            raise BrokerError(
-                f"no Kafka jars in {libs}: run `make setup` (or `make kafka-libs`) first"
-            )
+            raise BrokerError(f"no Kafka jars in {libs}: run `make setup` (or `make kafka-libs`) first")
         return f"{libs}/*"
 
     def _jvm(self) -> list[str]:
@@ -404,9 +402,7 @@ class LocalBroker:
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise BrokerError(
-                f"formatting {c.data_dir} failed:\n{done.stdout}{done.stderr}".rstrip()
-            )
+            raise BrokerError(f"formatting {c.data_dir} failed:\n{done.stdout}{done.stderr}".rstrip())
         log.info("kafka.formatted", data_dir=str(c.data_dir))
 
     def _tail(self, lines: int = 30) -> str:
@@ -435,9 +431,7 @@ class LocalBroker:
             if status.ready:
                 return status
             if pid is not None and not _pid_alive(pid):
-                raise BrokerError(
-                    f"the Kafka broker (pid {pid}) exited during startup.\n{self._tail()}"
-                )
+                raise BrokerError(f"the Kafka broker (pid {pid}) exited during startup.\n{self._tail()}")
             if time.monotonic() > deadline:
                 raise BrokerError(
                     f"Kafka on {self.config.bootstrap} not ready after {timeout:.0f}s "

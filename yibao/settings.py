@@ -30,16 +30,10 @@ class Settings(BaseSettings):
         description="Kafka bootstrap servers, host:port[,host:port...]. When unset it follows "
         "kafka_host:kafka_port, the local development broker.",
     )
-    topic_prefix: str = Field(
-        default="yibao.", description="Prefix of every topic and consumer group id."
-    )
+    topic_prefix: str = Field(default="yibao.", description="Prefix of every topic and consumer group id.")
     partitions: int = Field(default=8, ge=1, description="Partitions of the topics yibao creates.")
-    duckdb_path: Path = Field(
-        default=Path("var/yibao.duckdb"), description="DuckDB projection file."
-    )
-    log_format: LogFormat = Field(
-        default="auto", description="auto: JSON lines unless stderr is a terminal."
-    )
+    duckdb_path: Path = Field(default=Path("var/yibao.duckdb"), description="DuckDB projection file.")
+    log_format: LogFormat = Field(default="auto", description="auto: JSON lines unless stderr is a terminal.")
     log_level: LogLevel = "info"
 
     # The local development broker (`yibao kafka up`, `make kafka-up`, the test fixture).
