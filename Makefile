@@ -1,0 +1,69 @@
+# yibao developer commands. `make setup` once, then `make test`, `make demo`.
+# Everything runs from .venv; the local Kafka broker's jars, data and logs live in var/ (ignored).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+MVN ?= mvn
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA_LIBS := var/kafka/libs
+KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
+PYTEST_ARGS ?=
+
+.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed $(KAFKA_STAMP) ## .venv + pinned deps + yibao (editable) + Kafka jars; idempotent
+	@echo "setup done: $$($(BIN)/python --version), $$(ls $(KAFKA_LIBS)/kafka_2.13-*.jar | xargs -n1 basename)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalled only when the lock or pyproject.toml changes.
+$(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --disable-pip-version-check -q --require-hashes -r requirements.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	@touch $@
+
+# Kafka 3.9 broker + runtime deps + slf4j binding, from Maven Central (cached in ~/.m2).
+kafka-libs: $(KAFKA_STAMP) ## fetch the Kafka broker jars into var/kafka/libs
+$(KAFKA_STAMP): kafka/pom.xml
+	@command -v $(MVN) >/dev/null || { echo "Maven (mvn) is needed to fetch the Kafka jars: apt-get install maven, or use Docker (see README)"; exit 1; }
+	rm -rf $(KAFKA_LIBS)
+	$(MVN) -B -q -Dstyle.color=never -f kafka/pom.xml package
+	@touch $@
+
+lock: | $(BIN)/python ## re-pin requirements.lock from pyproject.toml (runtime + dev, with hashes)
+	$(BIN)/pip install --disable-pip-version-check -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --universal --python-version 3.11 -o requirements.lock
+
+kafka-up: ## start the local broker on 127.0.0.1:9092 (YIBAO_KAFKA_PORT); no-op if it runs
+	$(BIN)/python -m yibao.broker up
+
+kafka-down: ## stop it and wait until the port is free
+	$(BIN)/python -m yibao.broker down
+
+kafka-status: ## ask it for metadata; fails unless it answers
+	$(BIN)/python -m yibao.broker status
+
+test: ## the whole test suite (Kafka tests start/stop a broker themselves)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: ## ruff check + mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+demo: ## start the local broker and run the smoke path end to end
+	$(BIN)/yibao kafka up
+	$(BIN)/yibao smoke
+
+clean: kafka-down-quiet ## remove .venv and var/ (broker data, jars), caches
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis kafka/target
+
+.PHONY: kafka-down-quiet
+kafka-down-quiet:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m yibao.broker down || true; fi
