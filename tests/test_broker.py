@@ -26,6 +26,10 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _config(home: Path, libs: Path) -> BrokerConfig:
+    return BrokerConfig(port=_free_port(), controller_port=_free_port(), home=home, libs=libs)
+
+
 def test_config_from_settings(tmp_path: Path) -> None:
     s = Settings(kafka_port=19092, kafka_home=tmp_path, kafka_heap="256m")
     c = BrokerConfig.from_settings(s)
@@ -38,13 +42,13 @@ def test_config_from_settings(tmp_path: Path) -> None:
 def test_missing_java_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    broker = LocalBroker(BrokerConfig(port=_free_port(), home=tmp_path, libs=tmp_path))
+    broker = LocalBroker(_config(tmp_path, libs=tmp_path))
     with pytest.raises(BrokerError, match=r"`java` not found.*docker-compose\.kafka\.yml"):
         broker.up(timeout=5)
 
 
 def test_missing_jars_are_explained(tmp_path: Path) -> None:
-    broker = LocalBroker(BrokerConfig(port=_free_port(), home=tmp_path, libs=tmp_path / "none"))
+    broker = LocalBroker(_config(tmp_path, libs=tmp_path / "none"))
     if shutil.which("java") is None:
         pytest.skip("no java")
     with pytest.raises(BrokerError, match="make setup"):
@@ -52,7 +56,7 @@ def test_missing_jars_are_explained(tmp_path: Path) -> None:
 
 
 def test_status_and_down_when_nothing_runs(tmp_path: Path) -> None:
-    broker = LocalBroker(BrokerConfig(port=_free_port(), home=tmp_path, libs=tmp_path))
+    broker = LocalBroker(_config(tmp_path, libs=tmp_path))
     status = broker.status()
     assert not status.ready and status.pid is None
     assert "not running" in str(status)

@@ -450,6 +450,7 @@ class LocalBroker:
         if existing.ready:
             log.info("kafka.already_answering", bootstrap=c.bootstrap, note="not started by yibao")
             return existing, False
+        jvm = self._jvm()  # checks java and the jars before anything else
         for port in (c.port, c.controller_port):
             if _port_open(c.host, port):
                 raise BrokerError(
@@ -457,7 +458,6 @@ class LocalBroker:
                     "free it or choose YIBAO_KAFKA_PORT / YIBAO_KAFKA_CONTROLLER_PORT"
                 )
         self._write_config()
-        jvm = self._jvm()  # checks java and the jars before anything else
         started = time.monotonic()
         self._format()
         with c.out_file.open("ab") as out:
