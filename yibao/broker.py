@@ -371,7 +371,6 @@ class LocalBroker:
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
             "-XX:+ExitOnOutOfMemoryError",
-            "-XX:TieredStopAtLevel=1",  # C1 only: faster start and less CPU on a small box
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{self.config.log4j_file}",
             f"-Dkafka.logs.dir={self.config.logs_dir}",
