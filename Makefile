@@ -12,7 +12,7 @@ KAFKA_LIBS := var/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean
+.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ test: ## the whole test suite (Kafka tests start/stop a broker themselves)
 lint: ## ruff check + mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+bench-settle: ## settle a generated log of >= 1M events: events/s and peak RSS (prints figures)
+	$(BIN)/python bench/bench_settle.py
 
 demo: ## start the local broker and run the smoke path end to end
 	$(BIN)/yibao kafka up
