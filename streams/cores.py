@@ -1,0 +1,273 @@
+"""The logic of the two live stages, without any I/O: what the Kafka loops call per record.
+
+* :class:`SequencerCore` — validate with the file-mode :class:`~schemas.codec.Codec`,
+  dead-letter malformed input, drop a repeated ``event_id`` within an event-time window
+  (:class:`DedupStore`, the semantics of :class:`rules.fold.Deduplicator`), resolve
+  person → household, and say what to append to the ledger. Its state is partitioned by the
+  input partition (the key is ``person_id`` on all four input topics, so a person's
+  registration, visits and retries all land on the same partition number) and every change
+  is reported as a changelog record, so the Kafka loop can write it in the same transaction
+  as the ledger record and a restart restores exactly the state that goes with the
+  committed offsets.
+* :class:`ProcessorCore` — the household state (``dict[person_id, Person]``, stored as one
+  msgpack value per household) and the pure engine: ledger record in, output events out.
+
+Keeping these pure is what lets ``tests/test_streams_cores.py`` check, without a broker,
+that sharding the state by household gives exactly the outputs of ``yibao settle``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections import deque
+from dataclasses import dataclass, field
+
+import msgspec
+
+from rules.engine import Engine
+from rules.fold import DEFAULT_DEDUP_WINDOW
+from rules.state import Person, State
+from schemas.codec import Codec
+from schemas.events import InputEvent, OutputEvent, PersonRegistered
+from schemas.exceptions import SchemaError
+from streams.merge import Record
+
+# A changelog change: (store name, partition, key, value or None for a tombstone).
+Change = tuple[str, int, bytes, bytes | None]
+
+DEDUP_STORE = "dedup"
+PERSONS_STORE = "persons"
+HOUSEHOLDS_STORE = "households"
+
+def _ms(ts: dt.datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+class DedupStore:
+    """Event ids seen within ``window`` of event time (one per input partition).
+
+    Same rule as :class:`rules.fold.Deduplicator`: an id is forgotten once the newest
+    ``occurred_at`` seen is more than ``window`` past its own; forgetting is reported so the
+    changelog gets a tombstone and stays bounded by the window too.
+    """
+
+    __slots__ = ("_newest", "_order", "_seen", "window_ms")
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self._seen: dict[str, int] = {}
+        self._order: deque[tuple[int, str]] = deque()
+        self._newest: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._seen
+
+    def add(self, event_id: str, ts_ms: int) -> list[str]:
+        """Remember ``event_id``; return the ids that fell out of the window."""
+        self._seen[event_id] = ts_ms
+        self._order.append((ts_ms, event_id))
+        expired: list[str] = []
+        if self._newest is None or ts_ms > self._newest:
+            self._newest = ts_ms
+            horizon = ts_ms - self.window_ms
+            order, seen = self._order, self._seen
+            while order and order[0][0] < horizon:
+                _, old = order.popleft()
+                if seen.pop(old, None) is not None:
+                    expired.append(old)
+        return expired
+
+    def restore(self, event_id: str, ts_ms: int | None) -> None:
+        """Replay one changelog record (``None`` = tombstone)."""
+        if ts_ms is None:
+            self._seen.pop(event_id, None)
+            return
+        self._seen[event_id] = ts_ms
+        self._order.append((ts_ms, event_id))
+        if self._newest is None or ts_ms > self._newest:
+            self._newest = ts_ms
+
+    def restored(self) -> None:
+        """Call after a restore: re-sort the window by event time."""
+        self._order = deque(sorted((t, e) for e, t in self._seen.items()))
+
+
+@dataclass(slots=True)
+class LedgerAppend:
+    key: bytes  # household_id (person_id for a person not registered yet)
+    value: bytes  # the original bytes of the event, validated
+    timestamp: int  # occurred_at, ms
+    event: InputEvent
+
+
+@dataclass(slots=True)
+class DeadLetterAppend:
+    key: bytes | None
+    value: bytes  # JSON: origin, error, path, raw / raw_base64
+    timestamp: int
+
+
+@dataclass
+class SequencerCounts:
+    read: int = 0
+    sequenced: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+
+def dead_letter_value(rec: Record, error: str, path: str | None) -> bytes:
+    raw = rec.value.rstrip(b"\r\n")
+    doc: dict[str, object] = {
+        "origin": {"topic": rec.tp.topic, "partition": rec.tp.partition, "offset": rec.offset},
+        "error": error,
+        "path": path,
+    }
+    try:
+        doc["raw"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        doc["raw"] = raw.decode("utf-8", errors="replace")
+        doc["raw_base64"] = base64.b64encode(raw).decode("ascii")
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+class SequencerCore:
+    """Per-record decisions of the sequencer; state partitioned by input partition."""
+
+    def __init__(self, codec: Codec | None = None,
+                 window: dt.timedelta = DEFAULT_DEDUP_WINDOW) -> None:
+        self.codec = codec or Codec()
+        self.window_ms = int(window.total_seconds() * 1000)
+        self.dedup: dict[int, DedupStore] = {}
+        self.persons: dict[int, dict[str, str]] = {}
+        self.counts = SequencerCounts()
+
+    # -- partitions ------------------------------------------------------------------------
+
+    def assign(self, partition: int) -> None:
+        self.dedup.setdefault(partition, DedupStore(self.window_ms))
+        self.persons.setdefault(partition, {})
+
+    def revoke(self, partition: int) -> None:
+        self.dedup.pop(partition, None)
+        self.persons.pop(partition, None)
+
+    def restore(self, store: str, partition: int, key: bytes, value: bytes | None) -> None:
+        self.assign(partition)
+        k = key.decode()
+        if store == DEDUP_STORE:
+            self.dedup[partition].restore(k, int(value) if value is not None else None)
+        elif store == PERSONS_STORE:
+            if value is None:
+                self.persons[partition].pop(k, None)
+            else:
+                self.persons[partition][k] = value.decode()
+
+    def restored(self, partition: int) -> None:
+        self.dedup[partition].restored()
+
+    # -- records ---------------------------------------------------------------------------
+
+    def process(self, rec: Record, changes: list[Change]
+                ) -> LedgerAppend | DeadLetterAppend | None:
+        """Decide one released record; append its state changes to ``changes``.
+
+        Returns what to write (ledger or dead letter), or ``None`` for a duplicate.
+        """
+        c = self.counts
+        c.read += 1
+        raw = rec.value
+        try:
+            event = self.codec.decode(raw)
+        except SchemaError as exc:
+            c.dead_lettered += 1
+            return DeadLetterAppend(rec.key, dead_letter_value(rec, str(exc), exc.path),
+                                    rec.timestamp)
+        p = rec.tp.partition
+        dedup = self.dedup[p]
+        eid = event.event_id
+        if eid in dedup:
+            c.duplicates += 1
+            return None
+        ts = _ms(event.occurred_at)
+        changes.append((DEDUP_STORE, p, eid.encode(), str(ts).encode()))
+        for old in dedup.add(eid, ts):
+            changes.append((DEDUP_STORE, p, old.encode(), None))
+        persons = self.persons[p]
+        household = persons.get(event.person_id)
+        if household is None:
+            if isinstance(event, PersonRegistered):
+                household = event.household_id
+                persons[event.person_id] = household
+                changes.append((PERSONS_STORE, p, event.person_id.encode(), household.encode()))
+            else:
+                household = event.person_id
+        c.sequenced += 1
+        return LedgerAppend(household.encode(), raw.rstrip(b"\r\n"), ts, event)
+
+
+_STATE_ENCODER = msgspec.msgpack.Encoder()
+_STATE_DECODER = msgspec.msgpack.Decoder(dict[str, Person])
+
+
+@dataclass
+class ProcessorCounts:
+    applied: int = 0
+    outputs: int = 0
+
+
+@dataclass
+class ProcessorCore:
+    """Household state per ledger partition and the engine that folds it."""
+
+    engine: Engine
+    codec: Codec = field(default_factory=Codec)
+    households: dict[int, dict[str, dict[str, Person]]] = field(default_factory=dict)
+    dirty: dict[int, set[str]] = field(default_factory=dict)
+    counts: ProcessorCounts = field(default_factory=ProcessorCounts)
+
+    def assign(self, partition: int) -> None:
+        self.households.setdefault(partition, {})
+        self.dirty.setdefault(partition, set())
+
+    def revoke(self, partition: int) -> None:
+        self.households.pop(partition, None)
+        self.dirty.pop(partition, None)
+
+    def restore(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self.assign(partition)
+        if value is None:
+            self.households[partition].pop(key.decode(), None)
+        else:
+            self.households[partition][key.decode()] = _STATE_DECODER.decode(value)
+
+    def apply(self, partition: int, key: bytes, value: bytes) -> list[OutputEvent]:
+        """Fold one ledger record (already validated and deduplicated) into its household."""
+        event = self.codec.decode(value)
+        hh = key.decode()
+        table = self.households[partition]
+        persons = table.get(hh)
+        state = State(persons if persons is not None else {})
+        decision = self.engine.decide(state, event)
+        if decision.changes:
+            self.engine.evolve(state, decision)
+            table[hh] = state.persons
+            self.dirty[partition].add(hh)
+        outputs = decision.outputs
+        self.counts.applied += 1
+        self.counts.outputs += len(outputs)
+        return outputs
+
+    def take_changes(self) -> list[Change]:
+        """Changelog records for every household changed since the last call."""
+        out: list[Change] = []
+        for p, keys in self.dirty.items():
+            table = self.households[p]
+            for hh in keys:
+                out.append((HOUSEHOLDS_STORE, p, hh.encode(), _STATE_ENCODER.encode(table[hh])))
+            keys.clear()
+        return out

@@ -1,0 +1,75 @@
+"""The settlement processor: the ledger in, ``settlements`` out.
+
+Household state lives in a table (``processor-households`` changelog, compacted; one
+msgpack value of ``dict[person_id, Person]`` per household) partitioned like the ledger.
+Each polled batch is folded through the pure engine and written — output events, the
+changed households and the ledger offsets — in one Kafka transaction. Output events go to
+``settlements`` keyed by household on the *same partition number* as the ledger record, so
+every settlements partition has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from rules.engine import Engine
+from schemas.codec import Codec
+from streams.cores import ProcessorCore
+from streams.runtime import StageConfig, TxnStage, log, read_changelog
+from streams.topics import Topics
+
+
+class Processor(TxnStage):
+    name = "processor"
+
+    def __init__(self, cfg: StageConfig, topics: Topics, engine: Engine) -> None:
+        super().__init__(cfg, [topics.ledger], RangePartitionAssignor)
+        self.t = topics
+        self.codec = Codec()
+        self.core = ProcessorCore(engine, self.codec)
+        self.assigned: set[TopicPartition] = set()
+        self.changelog = topics.changelog("processor", "households")
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        new = assigned - self.assigned
+        self.assigned = set(assigned)
+        started = time.monotonic()
+        parts = sorted(tp.partition for tp in new)
+        for p in parts:
+            self.core.revoke(p)
+            self.core.assign(p)
+        restored = 0
+        for p, key, value in await read_changelog(self.cfg.bootstrap, self.changelog, parts):
+            self.core.restore(p, key, value)
+            restored += 1
+        log.info("processor.assigned", partitions=len(assigned), restored=restored,
+                 seconds=round(time.monotonic() - started, 3))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.assigned -= revoked
+        for tp in revoked:
+            self.core.revoke(tp.partition)
+        log.info("processor.revoked", partitions=len(revoked))
+
+    async def step(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        batch = {tp: rs for tp, rs in batch.items() if rs and tp in self.assigned}
+        if not batch:
+            return
+        producer = self.producer
+        await producer.begin_transaction()
+        core, encode, settlements = self.core, self.codec.encode, self.t.settlements
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            p = tp.partition
+            for r in records:
+                for o in core.apply(p, r.key, r.value):
+                    await producer.send(settlements, encode(o), key=r.key, partition=p,
+                                        timestamp_ms=r.timestamp)
+            offsets[tp] = records[-1].offset + 1
+        for _store, p, key, value in core.take_changes():
+            await producer.send(self.changelog, value, key=key, partition=p)
+        await self.commit(offsets)

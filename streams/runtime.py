@@ -1,0 +1,233 @@
+"""The transactional consume → process → produce loop both live stages run on.
+
+Why not faust-streaming's ``processing_guarantee="exactly_once"``: faust picks the
+transactional producer by the *output* record's partition number and commits the input
+offsets in the transaction of the *input* partition number, so a stage that re-keys (the
+sequencer: person → household) writes its output and its offsets in different transactions,
+and a transaction whose partition number has no input assigned never commits
+(faust-streaming issues #177, #323, #517 report the resulting duplicates after a kill). Its
+tables also cannot be written from ``stream.take()`` batches, and per-event acking caps a
+2-core worker well below 10k events/s. So each stage here is a small aiokafka loop:
+
+    getmany (read_committed)  →  pure core (streams.cores)  →  one Kafka transaction with
+    the outputs, the state changelog records *and* the input offsets
+    (``send_offsets_to_transaction``)
+
+Kafka makes that all-or-nothing: a worker killed at any moment leaves either the whole
+batch (outputs + state + offsets) or none of it, and the next owner of the partitions
+restores the state from the changelog (compacted topics, read_committed) and resumes at
+the committed offsets. That is exactly-once for outputs *and* tables.
+
+Scale-out: stages are consumer groups (``<prefix>sequencer``, ``<prefix>processor``); the
+transactional id is ``<prefix><stage>-<worker_id>`` so a restarted worker fences its dead
+predecessor at once, and a worker that takes over a dead peer's partitions waits at most
+``transaction_timeout_ms`` for the peer's open transaction to be aborted by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
+
+from yibao.logging import get_logger
+
+log = get_logger("yibao.streams")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    bootstrap: str
+    group_id: str
+    transactional_id: str
+    poll_ms: int = 100
+    max_records: int = 5000
+    transaction_timeout_ms: int = 10_000
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_000
+    fetch_max_wait_ms: int = 5
+
+
+class SingletonAssignor(AbstractPartitionAssignor):
+    """Every partition to one member (the smallest member id): a hot-standby singleton.
+
+    The sequencer merges *all* input partitions by event time, which is only a total order
+    if one process sees them all; the other workers stand by and take over on failure."""
+
+    name = "yibao-singleton"
+    version = 0
+
+    @classmethod
+    def assign(
+        cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        owner = min(members)
+        topics: set[str] = set()
+        for meta in members.values():
+            topics.update(meta.subscription)
+        owned: list[tuple[str, list[int]]] = []
+        for topic in sorted(topics):
+            parts = cluster.partitions_for_topic(topic)
+            if parts:
+                owned.append((topic, sorted(parts)))
+        return {
+            m: ConsumerProtocolMemberAssignment(cls.version, owned if m == owner else [], b"")
+            for m in members
+        }
+
+    @classmethod
+    def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        return ConsumerProtocolMemberMetadata(cls.version, list(topics), b"")
+
+    @classmethod
+    def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
+        pass
+
+
+def make_consumer(cfg: StageConfig, topics: list[str], assignor: Any) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=cfg.bootstrap,
+        group_id=cfg.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        partition_assignment_strategy=(assignor,),
+        session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+        fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+        max_partition_fetch_bytes=2 * 1024 * 1024,
+    )
+
+
+def make_producer(cfg: StageConfig) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=cfg.bootstrap,
+        transactional_id=cfg.transactional_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=0,
+        max_batch_size=512 * 1024,
+        transaction_timeout_ms=cfg.transaction_timeout_ms,
+    )
+
+
+async def read_changelog(
+    bootstrap: str, topic: str, partitions: Iterable[int], *, timeout: float = 120.0
+) -> list[tuple[int, bytes, bytes | None]]:
+    """(partition, key, value) of every committed record of ``topic``'s ``partitions``, in
+    offset order per partition, up to the current last stable offset."""
+    tps = [TopicPartition(topic, p) for p in partitions]
+    if not tps:
+        return []
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    out: list[tuple[int, bytes, bytes | None]] = []
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        todo = {tp for tp in tps if end[tp] > 0}
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"restoring {topic} took more than {timeout}s")
+            batch = await consumer.getmany(*todo, timeout_ms=200)
+            for tp, records in batch.items():
+                for r in records:
+                    if r.offset < end[tp] and r.key is not None:
+                        out.append((tp.partition, r.key, r.value))
+            for tp in list(todo):
+                if await consumer.position(tp) >= end[tp]:
+                    todo.discard(tp)
+    finally:
+        await consumer.stop()
+    return out
+
+
+class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs a stage's revoke/assign hooks under its processing lock, so a rebalance never
+    lands between a batch's processing and its commit."""
+
+    def __init__(self, stage: TxnStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.stage.lock:
+            await self.stage.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.stage.lock:
+            await self.stage.on_assigned(set(assigned))
+
+
+class TxnStage:
+    """Base class: subclasses implement ``on_assigned``, ``on_revoked`` and ``step``."""
+
+    name = "stage"
+
+    def __init__(self, cfg: StageConfig, topics: list[str], assignor: Any) -> None:
+        self.cfg = cfg
+        self.topics = topics
+        self.consumer = make_consumer(cfg, topics, assignor)
+        self.producer = make_producer(cfg)
+        self.lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+        self.batches = 0
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        raise NotImplementedError
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        raise NotImplementedError
+
+    async def step(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Process one polled batch; open/commit a transaction if anything changed."""
+        raise NotImplementedError
+
+    def poll_timeout_ms(self) -> int:
+        return self.cfg.poll_ms
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        await self.producer.send_offsets_to_transaction(offsets, self.cfg.group_id)
+        await self.producer.commit_transaction()
+        self.batches += 1
+
+    async def run(self) -> None:
+        await self.producer.start()
+        self.consumer.subscribe(self.topics, listener=Listener(self))
+        await self.consumer.start()
+        log.info(f"{self.name}.started", group=self.cfg.group_id,
+                 transactional_id=self.cfg.transactional_id)
+        try:
+            while not self.stopping.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.poll_timeout_ms(), max_records=self.cfg.max_records
+                )
+                async with self.lock:
+                    await self.step(batch)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+            log.info(f"{self.name}.stopped", batches=self.batches)

@@ -1,0 +1,144 @@
+"""The sequencer: four input topics in, the ledger (and dead letters) out.
+
+Per released record (see :mod:`streams.merge` for the event-time merge and
+:class:`streams.cores.SequencerCore` for the decisions): validate with the file-mode codec,
+dead-letter malformed input with its origin, drop a repeated ``event_id`` (window in event
+time, default 30 days, state in the ``sequencer-dedup`` changelog), resolve person →
+household (``sequencer-persons`` changelog) and append the original bytes to the ledger,
+keyed by household, record timestamp = ``occurred_at``, headers ``yibao-seq`` and
+``yibao-origin`` (topic:partition:offset).
+
+Ordering: the merge is a total event-time order over every input partition this worker
+owns; the sequencer group uses :class:`~streams.runtime.SingletonAssignor`, so one worker
+owns them all and the ledger order per household is the publication order, whatever the
+number of workers (the others stand by; the settlement processors, where the work is,
+scale out). From then on the ledger fixes the order for every replay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from streams.cores import DEDUP_STORE, PERSONS_STORE, Change, DeadLetterAppend, SequencerCore
+from streams.merge import TP, Record, TimestampMerge
+from streams.publish import SEQ_HEADER, seq_of
+from streams.runtime import SingletonAssignor, StageConfig, TxnStage, log, read_changelog
+from streams.topics import Topics
+
+ORIGIN_HEADER = "yibao-origin"
+
+
+class Sequencer(TxnStage):
+    name = "sequencer"
+
+    def __init__(self, cfg: StageConfig, topics: Topics, *, max_wait: float = 0.0,
+                 window: dt.timedelta = dt.timedelta(days=30)) -> None:
+        super().__init__(cfg, topics.inputs, SingletonAssignor)
+        self.t = topics
+        self.core = SequencerCore(window=window)
+        self.merge = TimestampMerge(max_wait=max_wait)
+        self.next_offset: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.assigned: set[TopicPartition] = set()
+        self.stores = {
+            DEDUP_STORE: topics.changelog("sequencer", "dedup"),
+            PERSONS_STORE: topics.changelog("sequencer", "persons"),
+        }
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        new = assigned - self.assigned
+        self.assigned = set(assigned)
+        self.merge.assign({TP(tp.topic, tp.partition) for tp in assigned})
+        parts = sorted({tp.partition for tp in new} - set(self.core.dedup))
+        started = time.monotonic()
+        restored = 0
+        for p in parts:
+            self.core.assign(p)
+        for store, topic in self.stores.items():
+            for p, key, value in await read_changelog(self.cfg.bootstrap, topic, parts):
+                self.core.restore(store, p, key, value)
+                restored += 1
+        for p in parts:
+            self.core.restored(p)
+        for tp in new:
+            committed = await self.consumer.committed(tp)
+            self.next_offset[tp] = committed or 0
+            self.committed[tp] = committed or 0
+        log.info("sequencer.assigned", partitions=len(assigned), restored=restored,
+                 seconds=round(time.monotonic() - started, 3))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.assigned -= revoked
+        self.merge.assign({TP(tp.topic, tp.partition) for tp in self.assigned})
+        for tp in revoked:
+            self.next_offset.pop(tp, None)
+            self.committed.pop(tp, None)
+        for p in {tp.partition for tp in revoked} - {tp.partition for tp in self.assigned}:
+            self.core.revoke(p)
+        log.info("sequencer.revoked", partitions=len(revoked))
+
+    def poll_timeout_ms(self) -> int:
+        deadline = self.merge.next_deadline()
+        if deadline is None:
+            return self.cfg.poll_ms
+        return max(0, min(self.cfg.poll_ms, int((deadline - time.monotonic()) * 1000) + 1))
+
+    async def step(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        now = time.monotonic()
+        merge = self.merge
+        for tp, records in batch.items():
+            if tp not in self.assigned:
+                continue
+            mtp = TP(tp.topic, tp.partition)
+            for r in records:
+                merge.add(Record(mtp, r.offset, r.timestamp, seq_of(r.headers), r.key,
+                                 r.value, now))
+            self.next_offset[tp] = records[-1].offset + 1
+        consumer = self.consumer
+        for tp in self.assigned:
+            lso = consumer.last_stable_offset(tp)
+            if lso is None:
+                lso = consumer.highwater(tp)
+            if lso is None:
+                merge.set_caught_up(TP(tp.topic, tp.partition), False)
+                continue
+            pos = self.next_offset.get(tp, 0)
+            if pos < lso and tp not in batch:
+                pos = await consumer.position(tp)
+                self.next_offset[tp] = max(pos, self.next_offset.get(tp, 0))
+            merge.set_caught_up(TP(tp.topic, tp.partition), pos >= lso)
+        released = merge.pop_ready(now)
+        first = merge.first_unreleased()
+        offsets = {tp: first.get(TP(tp.topic, tp.partition), self.next_offset.get(tp, 0))
+                   for tp in self.assigned}
+        offsets = {tp: o for tp, o in offsets.items() if o != self.committed.get(tp)}
+        if not released and not offsets:
+            return
+        producer = self.producer
+        await producer.begin_transaction()
+        changes: list[Change] = []
+        core = self.core
+        ledger, deadletter = self.t.ledger, self.t.deadletter
+        for rec in released:
+            out = core.process(rec, changes)
+            if out is None:
+                continue
+            if isinstance(out, DeadLetterAppend):
+                await producer.send(deadletter, out.value, key=out.key,
+                                    timestamp_ms=out.timestamp or None)
+                continue
+            headers = [
+                (SEQ_HEADER, rec.seq.to_bytes(8, "big", signed=True)),
+                (ORIGIN_HEADER, f"{rec.tp.topic}:{rec.tp.partition}:{rec.offset}".encode()),
+            ]
+            await producer.send(ledger, out.value, key=out.key, timestamp_ms=out.timestamp,
+                                headers=headers)
+        stores = self.stores
+        for store, p, key, value in changes:
+            await producer.send(stores[store], value, key=key, partition=p)
+        await self.commit(offsets)
+        self.committed.update(offsets)

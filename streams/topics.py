@@ -1,0 +1,89 @@
+"""Topic names of the live pipeline, all under ``Settings.topic_prefix``.
+
+The prefix namespaces everything the app creates on the broker — topics, changelogs,
+consumer groups, transactional ids — so two deployments or test runs on one broker never
+share state.
+
+| topic | key | kept |
+|---|---|---|
+| registrations, visits, prescriptions, payments | person_id | broker default |
+| ledger | household_id (person_id while unregistered) | forever |
+| settlements | household_id | forever |
+| deadletter | the input's key | broker default |
+| sequencer-dedup/-persons-changelog, processor-households-changelog | store key | compacted |
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from schemas.events import TOPIC_OF
+from yibao.kafka_io import create_topics
+from yibao.settings import Settings
+
+INPUTS = ("registrations", "visits", "prescriptions", "payments")
+assert set(TOPIC_OF.values()) == set(INPUTS)
+
+FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Topics:
+        return cls(settings.topic_prefix)
+
+    def name(self, short: str) -> str:
+        return f"{self.prefix}{short}"
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.name(t) for t in INPUTS]
+
+    def input_for_type(self, type_name: str) -> str:
+        return self.name(TOPIC_OF[type_name])
+
+    @property
+    def ledger(self) -> str:
+        return self.name("ledger")
+
+    @property
+    def settlements(self) -> str:
+        return self.name("settlements")
+
+    @property
+    def deadletter(self) -> str:
+        return self.name("deadletter")
+
+    def changelog(self, stage: str, store: str) -> str:
+        return self.name(f"{stage}-{store}-changelog")
+
+    def group(self, stage: str) -> str:
+        return self.name(stage)
+
+    @property
+    def changelogs(self) -> list[str]:
+        return [
+            self.changelog("sequencer", "dedup"),
+            self.changelog("sequencer", "persons"),
+            self.changelog("processor", "households"),
+        ]
+
+
+async def create_all(settings: Settings) -> list[str]:
+    """Create every topic of the pipeline that doesn't exist yet (idempotent)."""
+    t = Topics.of(settings)
+    bootstrap = settings.bootstrap_servers
+    n = settings.partitions
+    await create_topics(bootstrap, [*t.inputs, t.deadletter], partitions=n)
+    await create_topics(bootstrap, [t.ledger, t.settlements], partitions=n, config=FOREVER)
+    await create_topics(bootstrap, t.changelogs, partitions=n, config=COMPACTED)
+    return [*t.inputs, t.ledger, t.settlements, t.deadletter, *t.changelogs]
+
+
+def create_all_sync(settings: Settings) -> list[str]:
+    return asyncio.run(create_all(settings))

@@ -1,0 +1,90 @@
+"""`yibao worker`: run the sequencer and the settlement processor in one process.
+
+Start as many workers as you like with the same ``YIBAO_TOPIC_PREFIX`` (the app id) and a
+distinct ``YIBAO_WORKER_ID`` each: processors share the ledger partitions, one sequencer is
+active and the others stand by. SIGTERM/SIGINT stop cleanly; SIGKILL loses nothing (see
+:mod:`streams.runtime`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import signal
+from dataclasses import dataclass
+
+from rules.engine import Engine
+from rules.policy import load_policy
+from streams.processor import Processor
+from streams.runtime import StageConfig, TxnStage, log
+from streams.sequencer import Sequencer
+from streams.topics import Topics, create_all
+from yibao.settings import Settings
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    worker_id: str = "0"
+    merge_wait_ms: int = 0
+    dedup_window_days: int = 30
+    policy_path: str | None = None
+    stages: tuple[str, ...] = ("sequencer", "processor")
+    create_topics: bool = True
+    transaction_timeout_ms: int = 10_000
+
+
+def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
+    topics = Topics.of(settings)
+    stages: list[TxnStage] = []
+
+    def cfg(stage: str) -> StageConfig:
+        return StageConfig(
+            bootstrap=settings.bootstrap_servers,
+            group_id=topics.group(stage),
+            transactional_id=f"{topics.group(stage)}-{opts.worker_id}",
+            transaction_timeout_ms=opts.transaction_timeout_ms,
+        )
+
+    if "sequencer" in opts.stages:
+        stages.append(Sequencer(cfg("sequencer"), topics, max_wait=opts.merge_wait_ms / 1000,
+                                window=dt.timedelta(days=opts.dedup_window_days)))
+    if "processor" in opts.stages:
+        stages.append(Processor(cfg("processor"), topics, Engine(load_policy(opts.policy_path))))
+    return stages
+
+
+async def run_worker(settings: Settings, opts: WorkerOptions) -> None:
+    if opts.create_topics:
+        await create_all(settings)
+    stages = build_stages(settings, opts)
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("worker.stopping")
+        for s in stages:
+            s.stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop)
+    log.info("worker.start", worker_id=opts.worker_id, prefix=settings.topic_prefix,
+             stages=[s.name for s in stages])
+    tasks = [asyncio.create_task(s.run(), name=s.name) for s in stages]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for t in done:
+        if t.exception() is not None:
+            stop()
+            for p in pending:
+                p.cancel()
+            raise t.exception()  # type: ignore[misc]
+    await asyncio.gather(*pending)
+
+
+def main(settings: Settings, opts: WorkerOptions) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(run_worker(settings, opts))
+    except ImportError:  # pragma: no cover
+        asyncio.run(run_worker(settings, opts))

@@ -1,0 +1,150 @@
+"""The live pipeline's logic without a broker: partition the spec logs as Kafka would, merge
+them by timestamp, sequence, shard the state by household and fold — and get exactly the
+outputs of file mode (`yibao settle`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from aiokafka.partitioner import murmur2
+
+from rules.engine import Engine
+from rules.fold import Fold
+from rules.policy import load_policy
+from schemas.codec import Codec
+from schemas.events import TOPIC_OF
+from streams.cores import (
+    DEDUP_STORE,
+    Change,
+    DeadLetterAppend,
+    DedupStore,
+    LedgerAppend,
+    ProcessorCore,
+    SequencerCore,
+)
+from streams.merge import TP, Record, TimestampMerge
+from streams.publish import route
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+if not EXAMPLES.exists():
+    EXAMPLES = Path("/work/shared/spec/examples")
+
+
+def _partition(key: bytes | None, n: int) -> int:
+    return 0 if key is None else (murmur2(key) & 0x7FFFFFFF) % n
+
+
+def live_outputs(lines: list[bytes], partitions: int = 8, ledger_partitions: int = 8
+                 ) -> tuple[list[tuple[str, str]], dict[str, list[str]], int]:
+    """Simulate publish → sequencer → ledger → processor; return (caused_by, type) pairs,
+    the per-household caused_by order, and the dead-letter count."""
+    merge = TimestampMerge()
+    offsets: Counter[TP] = Counter()
+    per_tp: dict[TP, list[Record]] = defaultdict(list)
+    last_ts = 0
+    for seq, raw in enumerate(lines):
+        r = route(raw, last_ts)
+        last_ts = r.timestamp
+        tp = TP(r.topic, _partition(r.key, partitions))
+        per_tp[tp].append(Record(tp, offsets[tp], r.timestamp, seq, r.key, raw))
+        offsets[tp] += 1
+    tps = {TP(t, p) for t in set(TOPIC_OF.values()) for p in range(partitions)}
+    merge.assign(tps)
+    for recs in per_tp.values():
+        for rec in recs:
+            merge.add(rec)
+    for tp in tps:
+        merge.set_caught_up(tp, True)
+    seq_core = SequencerCore()
+    for p in range(partitions):
+        seq_core.assign(p)
+    proc = ProcessorCore(Engine(load_policy(None)))
+    for p in range(ledger_partitions):
+        proc.assign(p)
+    pairs: list[tuple[str, str]] = []
+    order: dict[str, list[str]] = defaultdict(list)
+    dead = 0
+    changes: list[Change] = []
+    for rec in merge.pop_ready(0.0):
+        out = seq_core.process(rec, changes)
+        if isinstance(out, DeadLetterAppend):
+            dead += 1
+        elif isinstance(out, LedgerAppend):
+            lp = _partition(out.key, ledger_partitions)
+            for o in proc.apply(lp, out.key, out.value):
+                pairs.append((o.caused_by, type(o).__name__))
+                order[out.key.decode()].append(o.event_id)
+    assert merge.buffered() == 0
+    return pairs, order, dead
+
+
+def file_outputs(lines: list[bytes]) -> list[tuple[str, str]]:
+    fold = Fold(Engine(load_policy(None)))
+    pairs = []
+    for res in fold.run(lines):
+        if isinstance(res, list):
+            pairs.extend((o.caused_by, type(o).__name__) for o in res)
+    return pairs
+
+
+@pytest.mark.parametrize("name", ["worked", "sample"])
+def test_sharded_pipeline_matches_file_mode(name: str) -> None:
+    lines = [ln for ln in (EXAMPLES / f"{name}-events.jsonl").read_bytes().splitlines() if ln]
+    live, order, _ = live_outputs(lines)
+    expected = file_outputs(lines)
+    assert Counter(live) == Counter(expected)
+    # per household, the outputs come in file order
+    position = {eid: i for i, (eid, _) in enumerate(expected)}
+    for hh, eids in order.items():
+        idx = [position[e.split("/")[0]] for e in eids]
+        assert idx == sorted(idx), hh
+
+
+def test_malformed_lines_are_dead_lettered_with_origin() -> None:
+    good = (EXAMPLES / "worked-events.jsonl").read_bytes().splitlines()
+    lines = [good[0], b"not json", b'{"type": "Nope", "person_id": "P1"}', good[1]]
+    _, _, dead = live_outputs(lines)
+    assert dead == 2
+    seq = SequencerCore()
+    seq.assign(0)
+    rec = Record(TP("x.registrations", 0), 41, 0, 0, None, b'{"type": "VisitOpened"}')
+    dl = seq.process(rec, [])
+    assert isinstance(dl, DeadLetterAppend)
+    doc = Codec().decode_output  # noqa: F841 - the value is plain JSON, not an output event
+    import json
+
+    body = json.loads(dl.value)
+    assert body["origin"] == {"topic": "x.registrations", "partition": 0, "offset": 41}
+    assert "event_id" in body["error"] or "$" in body["error"]
+    assert body["raw"] == '{"type": "VisitOpened"}'
+
+
+def test_dedup_store_window_and_tombstones() -> None:
+    store = DedupStore(int(dt.timedelta(days=30).total_seconds() * 1000))
+    day = 86_400_000
+    assert store.add("a", 0) == []
+    assert "a" in store
+    assert store.add("b", 31 * day) == ["a"]
+    assert "a" not in store and "b" in store
+
+
+def test_sequencer_state_restores_from_its_changes() -> None:
+    lines = (EXAMPLES / "worked-events.jsonl").read_bytes().splitlines()
+    codec = Codec()
+    a = SequencerCore(codec)
+    a.assign(0)
+    changes: list[Change] = []
+    for i, raw in enumerate(lines):
+        a.process(Record(TP("t", 0), i, 0, i, None, raw), changes)
+    b = SequencerCore(codec)
+    for store, p, k, v in changes:
+        b.restore(store, p, k, v)
+    b.restored(0)
+    assert b.persons == a.persons
+    assert set(b.dedup[0]._seen) == set(a.dedup[0]._seen)
+    assert any(c[0] == DEDUP_STORE for c in changes)
+    # the repeated ex-16 is a duplicate after the restore too
+    assert b.process(Record(TP("t", 0), 99, 0, 99, None, lines[-1]), []) is None

@@ -1,0 +1,110 @@
+"""Live-pipeline commands: `yibao topics create`, `yibao publish`, `yibao export`,
+`yibao worker`. Every option is also read from its ``YIBAO_*`` variable (shown in --help).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from yibao.settings import Settings
+
+
+@click.group()
+def topics() -> None:
+    """The pipeline's topics under YIBAO_TOPIC_PREFIX."""
+
+
+@topics.command("create")
+@click.pass_obj
+def topics_create(settings: Settings) -> None:
+    """Create every topic that doesn't exist yet, with YIBAO_PARTITIONS partitions
+    (idempotent); ledger and settlements are kept forever."""
+    from streams.topics import create_all_sync
+
+    names = create_all_sync(settings)
+    click.echo(f"{len(names)} topics ready ({settings.partitions} partitions each): "
+               + ", ".join(names))
+
+
+@click.command()
+@click.argument("events", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--create-topics/--no-create-topics", default=True, show_envvar=True,
+              help="Create the pipeline's topics first if they don't exist.")
+@click.pass_obj
+def publish(settings: Settings, events: Path, create_topics: bool) -> None:
+    """Publish EVENTS.jsonl in file order: each line to its type's topic, key person_id,
+    record timestamp occurred_at. Lines that cannot be routed go to registrations, where
+    the sequencer dead-letters them with their origin."""
+    from streams.publish import publish_file
+    from streams.topics import create_all_sync
+
+    if create_topics:
+        create_all_sync(settings)
+    total = sum(1 for line in events.open("rb") if line.strip())
+    with click.progressbar(length=total, label=f"publishing {events.name}",
+                           file=sys.stderr) as bar:
+        counts = publish_file(settings, events, on_progress=bar.update)
+    click.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), err=True)
+
+
+@click.command()
+@click.argument("topic")
+@click.argument("out", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--timeout", type=float, default=120.0, show_envvar=True,
+              help="Seconds to reach the end offsets.")
+@click.pass_obj
+def export(settings: Settings, topic: str, out: str, timeout: float) -> None:
+    """Write TOPIC (a short name like `settlements`, or a full topic name) from the
+    beginning to its current end, committed records only, as JSONL to OUT."""
+    from streams.publish import export_topic
+    from streams.topics import INPUTS, Topics
+
+    t = Topics.of(settings)
+    short = {*INPUTS, "ledger", "settlements", "deadletter"}
+    name = t.name(topic) if topic in short else topic
+    try:
+        if out == "-":
+            n = export_topic(settings, name, sys.stdout.buffer, timeout=timeout)
+        else:
+            with open(out, "wb") as f:
+                n = export_topic(settings, name, f, timeout=timeout)
+    except (ValueError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"exported {n} records of {name}", err=True)
+
+
+@click.command()
+@click.option("--worker-id", default="0", show_envvar=True, envvar="YIBAO_WORKER_ID",
+              help="Unique per concurrently running worker (transactional ids derive from it).")
+@click.option("--merge-wait-ms", type=click.IntRange(min=0), default=0, show_envvar=True,
+              envvar="YIBAO_MERGE_WAIT_MS",
+              help="How long the sequencer's event-time merge waits for an idle input "
+                   "partition before releasing (Kafka Streams' max.task.idle.ms).")
+@click.option("--dedup-window-days", type=click.IntRange(min=1), default=30, show_envvar=True,
+              envvar="YIBAO_DEDUP_WINDOW_DAYS",
+              help="Event-time window within which a repeated event_id is a duplicate.")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
+              default=None, show_envvar=True, envvar="YIBAO_POLICY",
+              help="Policy TOML [default: national].")
+@click.option("--stage", "stages", type=click.Choice(["sequencer", "processor"]),
+              multiple=True, default=("sequencer", "processor"), show_envvar=True,
+              envvar="YIBAO_STAGES",
+              help="Which stages to run in this process.")
+@click.option("--transaction-timeout-ms", type=click.IntRange(min=1000), default=10_000,
+              show_envvar=True, envvar="YIBAO_TRANSACTION_TIMEOUT_MS",
+              help="After this, the broker aborts a dead worker's open transaction.")
+@click.pass_obj
+def worker(settings: Settings, worker_id: str, merge_wait_ms: int, dedup_window_days: int,
+           policy_path: str | None, stages: tuple[str, ...],
+           transaction_timeout_ms: int) -> None:
+    """Run the sequencer and the settlement processor (exactly-once, Kafka transactions)."""
+    from streams.worker import WorkerOptions, main
+
+    main(settings, WorkerOptions(
+        worker_id=worker_id, merge_wait_ms=merge_wait_ms,
+        dedup_window_days=dedup_window_days, policy_path=policy_path, stages=tuple(stages),
+        transaction_timeout_ms=transaction_timeout_ms,
+    ))
