@@ -106,29 +106,64 @@ import datetime as _dt  # noqa: E402
 
 
 @main.command()
-@click.option("--households", type=click.IntRange(min=1), default=100, show_envvar=True,
-              help="Households to simulate (1-5 persons each, ~96 events per household-year).")
-@click.option("--seed", type=int, default=1, show_envvar=True,
-              help="Random seed: the same arguments give byte-identical output.")
-@click.option("--from", "date_from", type=click.DateTime(formats=["%Y-%m-%d"]),
-              default="2025-01-01", show_envvar=True, envvar="YIBAO_GENERATE_FROM",
-              help="First day of the log (UTC+08:00).")
-@click.option("--to", "date_to", type=click.DateTime(formats=["%Y-%m-%d"]),
-              default="2025-12-31", show_envvar=True, envvar="YIBAO_GENERATE_TO",
-              help="Last day of the log, inclusive.")
-@click.option("--bad-rate", type=click.FloatRange(0.0, 0.5), default=0.001, show_envvar=True,
-              help="Fraction of lines that are malformed (dead-letter material).")
-@click.option("--output", "-o", default="-", show_envvar=True, type=click.Path(dir_okay=False,
-              allow_dash=True), help="JSONL file to write, or - for stdout.")  # fmt: skip
-def generate(households: int, seed: int, date_from: _dt.datetime, date_to: _dt.datetime,
-             bad_rate: float, output: str) -> None:  # fmt: skip
+@click.option(
+    "--households",
+    type=click.IntRange(min=1),
+    default=100,
+    show_envvar=True,
+    help="Households to simulate (1-5 persons each, ~96 events per household-year).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_envvar=True,
+    help="Random seed: the same arguments give byte-identical output.",
+)
+@click.option(
+    "--from",
+    "date_from",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default="2025-01-01",
+    show_envvar=True,
+    envvar="YIBAO_GENERATE_FROM",
+    help="First day of the log (UTC+08:00).",
+)
+@click.option(
+    "--to",
+    "date_to",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default="2025-12-31",
+    show_envvar=True,
+    envvar="YIBAO_GENERATE_TO",
+    help="Last day of the log, inclusive.",
+)
+@click.option(
+    "--bad-rate",
+    type=click.FloatRange(0.0, 0.5),
+    default=0.001,
+    show_envvar=True,
+    help="Fraction of lines that are malformed (dead-letter material).",
+)
+@click.option(
+    "--output",
+    "-o",
+    default="-",
+    show_envvar=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="JSONL file to write, or - for stdout.",
+)
+def generate(
+    households: int, seed: int, date_from: _dt.datetime, date_to: _dt.datetime, bad_rate: float, output: str
+) -> None:
     """Write a realistic synthetic event log (JSONL, events.md schema_version 1), sorted by
     occurred_at: enrollment, visits, charges, checkouts, payments, refunds, rule-violating
     events, exact duplicates and malformed lines. Deterministic for a seed."""
     from yibao.generate import GenerateConfig, generate_to_path
 
-    cfg = GenerateConfig(households=households, seed=seed, start=date_from.date(),
-                         end=date_to.date(), bad_rate=bad_rate)  # fmt: skip
+    cfg = GenerateConfig(
+        households=households, seed=seed, start=date_from.date(), end=date_to.date(), bad_rate=bad_rate
+    )
     try:
         stats = generate_to_path(cfg, output)
     except ValueError as e:
