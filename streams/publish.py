@@ -101,8 +101,10 @@ async def publish_lines(
     lines: Iterable[bytes],
     *,
     on_progress: Callable[[int], None] | None = None,
+    rate: float | None = None,
 ) -> dict[str, int]:
-    """Publish raw lines in order; return how many went to each topic."""
+    """Publish raw lines in order (at most ``rate`` lines/s if given); return how many went
+    to each topic."""
     topics = Topics.of(settings)
     producer = AIOKafkaProducer(**producer_config(settings))
     await producer.start()
@@ -110,8 +112,13 @@ async def publish_lines(
     base = new_seq_base()
     last_ts = 0
     pending: list[asyncio.Future[Any]] = []
+    started = time.monotonic()
     try:
         for i, line in enumerate(lines):
+            if rate and i % 50 == 0:
+                ahead = started + i / rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             raw = line.rstrip(b"\r\n")
             if not raw.strip():
                 continue

@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from rules.engine import Engine
 from rules.policy import load_policy
@@ -88,3 +92,41 @@ def main(settings: Settings, opts: WorkerOptions) -> None:
         uvloop.run(run_worker(settings, opts))
     except ImportError:  # pragma: no cover
         asyncio.run(run_worker(settings, opts))
+
+
+def spawn(
+    settings: Settings,
+    *,
+    worker_id: str,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``yibao worker`` in a subprocess configured through ``YIBAO_*`` variables
+    (tests, the benchmark)."""
+    full = {
+        **os.environ,
+        "YIBAO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "YIBAO_TOPIC_PREFIX": settings.topic_prefix,
+        "YIBAO_PARTITIONS": str(settings.partitions),
+        "YIBAO_WORKER_ID": worker_id,
+        "YIBAO_LOG_FORMAT": "json",
+        **(env or {}),
+    }
+    with log_file.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "yibao.cli", "worker"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full, cwd=cwd,
+        )
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """SIGTERM (clean stop), SIGKILL after ``timeout``; return the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

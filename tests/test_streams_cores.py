@@ -90,10 +90,25 @@ def file_outputs(lines: list[bytes]) -> list[tuple[str, str]]:
     return pairs
 
 
-@pytest.mark.parametrize("name", ["worked", "sample"])
-def test_sharded_pipeline_matches_file_mode(name: str) -> None:
-    lines = [ln for ln in (EXAMPLES / f"{name}-events.jsonl").read_bytes().splitlines() if ln]
-    live, order, _ = live_outputs(lines)
+def _lines(name: str) -> list[bytes]:
+    return [ln for ln in (EXAMPLES / f"{name}-events.jsonl").read_bytes().splitlines() if ln]
+
+
+def _by_time(*logs: list[bytes]) -> list[bytes]:
+    import heapq
+    import json
+
+    return list(heapq.merge(*logs, key=lambda x: dt.datetime.fromisoformat(
+        json.loads(x)["occurred_at"])))
+
+
+@pytest.mark.parametrize(("name", "partitions"),
+                         [("worked", 8), ("sample", 8), ("both", 2), ("both", 4), ("both", 8)])
+def test_sharded_pipeline_matches_file_mode(name: str, partitions: int) -> None:
+    # "both": one log in event-time order, the worked example inside the sample's two years
+    both = name == "both"
+    lines = _by_time(_lines("worked"), _lines("sample")) if both else _lines(name)
+    live, order, _ = live_outputs(lines, partitions, partitions)
     expected = file_outputs(lines)
     assert Counter(live) == Counter(expected)
     # per household, the outputs come in file order

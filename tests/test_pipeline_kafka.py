@@ -1,0 +1,222 @@
+"""The live pipeline on the real broker: `yibao publish` → `yibao worker` (subprocesses) →
+`settlements`, compared with `yibao settle` of the same log; crashes (SIGKILL) and scale-out.
+
+Each test has its own topic prefix (app id), so they never share topics, groups, changelogs
+or transactional ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import heapq
+import json
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from streams.publish import publish_lines, read_topic
+from streams.topics import create_all
+from streams.worker import spawn, terminate
+from yibao.cli import main as cli
+from yibao.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+if not EXAMPLES.exists():
+    EXAMPLES = Path("/work/shared/spec/examples")
+
+FAST = {"YIBAO_TRANSACTION_TIMEOUT_MS": "6000", "YIBAO_LOG_LEVEL": "info"}
+
+
+def lines_of(name: str) -> list[bytes]:
+    return [ln for ln in (EXAMPLES / f"{name}-events.jsonl").read_bytes().splitlines() if ln]
+
+
+def settle(lines: Iterable[bytes], tmp: Path) -> list[dict[str, object]]:
+    """The reference: `yibao settle` of the log, as parsed JSON lines."""
+    src = tmp / f"log-{time.monotonic_ns()}.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    result = CliRunner().invoke(cli, ["settle", str(src)])
+    assert result.exit_code == 0, result.output
+    return [json.loads(x) for x in result.stdout.splitlines() if x.strip()]
+
+
+def by_time(*logs: list[bytes]) -> list[bytes]:
+    """Interleave logs by occurred_at, keeping each log's own order."""
+    def ts(line: bytes) -> dt.datetime:
+        return dt.datetime.fromisoformat(json.loads(line)["occurred_at"])
+
+    return list(heapq.merge(*logs, key=ts))
+
+
+def settings_for(bootstrap: str, prefix: str, partitions: int = 4) -> Settings:
+    return Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=partitions)
+
+
+def read(settings: Settings, short: str) -> list[dict[str, object]]:
+    recs = asyncio.run(read_topic(settings, settings.topic_prefix + short))
+    return [json.loads(v) for _p, _o, _k, v in recs]
+
+
+def wait_for(settings: Settings, count: int, procs: list[subprocess.Popen[bytes]],
+             logs: list[Path], timeout: float) -> list[dict[str, object]]:
+    """Read settlements until ``count`` outputs are there, then make sure no more come."""
+    deadline = time.monotonic() + timeout
+    got: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        got = read(settings, "settlements")
+        if len(got) >= count:
+            time.sleep(1.5)
+            return read(settings, "settlements")
+        if procs and all(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.5)
+    tails = "\n".join(log.read_text(errors="replace")[-3000:] for log in logs if log.exists())
+    raise AssertionError(f"{len(got)} of {count} settlements after {timeout}s; logs:\n{tails}")
+
+
+def assert_same_outputs(live: list[dict[str, object]], expected: list[dict[str, object]]
+                        ) -> None:
+    ids = Counter(o["event_id"] for o in live)
+    assert [i for i, n in ids.items() if n > 1] == [], "an output appears twice"
+    got = Counter((o["caused_by"], o["type"]) for o in live)
+    want = Counter((o["caused_by"], o["type"]) for o in expected)
+    assert got == want, (sum((got - want).values()), sum((want - got).values()))
+    exact = {o["event_id"]: o for o in expected}
+    assert all(exact[o["event_id"]] == o for o in live), "an output differs from file mode"
+
+
+def publish(settings: Settings, lines: list[bytes], rate: float | None = None) -> None:
+    asyncio.run(publish_lines(settings, lines, rate=rate))
+
+
+@pytest.mark.timeout(120)
+def test_publish_worker_export_matches_settle(kafka_bootstrap: str, unique_prefix: str,
+                                              tmp_path: Path) -> None:
+    s = settings_for(kafka_bootstrap, unique_prefix)
+    worked, sample = lines_of("worked"), lines_of("sample")
+    bad = [b"this is not json", b'{"type": "VisitOpened", "event_id": "bad-1"}',
+           b'{"type": "NoSuchEvent", "person_id": "P0000140"}']
+    log = tmp_path / "worker.log"
+    runner = CliRunner()
+    env = {"YIBAO_BOOTSTRAP_SERVERS": kafka_bootstrap, "YIBAO_TOPIC_PREFIX": unique_prefix,
+           "YIBAO_PARTITIONS": "4"}
+    res = runner.invoke(cli, ["topics", "create"], env=env)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["topics", "create"], env=env)  # idempotent
+    assert res.exit_code == 0, res.output
+    src = tmp_path / "events.jsonl"
+    # one log in event-time order, as the merge expects (the worked example happens in the
+    # middle of the sample's two years); malformed lines at the end
+    log_lines = [*by_time(worked, sample), *bad]
+    src.write_bytes(b"\n".join(log_lines) + b"\n")
+    res = runner.invoke(cli, ["publish", str(src)], env=env)
+    assert res.exit_code == 0, res.output
+    expected = settle(log_lines, tmp_path)
+    proc = spawn(s, worker_id="a", log_file=log, env=FAST)
+    try:
+        live = wait_for(s, len(expected), [proc], [log], timeout=60)
+    finally:
+        terminate(proc)
+    assert_same_outputs(live, expected)
+    # per household: same order as file mode
+    order = {o["event_id"]: i for i, o in enumerate(expected)}
+    per_household: dict[str, list[int]] = {}
+    for o in live:
+        hh = str(o.get("household_id") or o["person_id"])
+        per_household.setdefault(hh, []).append(order[str(o["event_id"])])
+    for hh, idx in per_household.items():
+        if hh.startswith("H"):
+            assert idx == sorted(idx), hh
+    # dead letters: origin, error, original bytes
+    dead = read(s, "deadletter")
+    assert sorted(d["raw"] for d in dead) == sorted(b.decode() for b in bad)
+    for d in dead:
+        assert set(d["origin"]) == {"topic", "partition", "offset"}
+        assert d["origin"]["topic"].startswith(unique_prefix) and d["error"]
+    # the books balance: read = ledger (applied) + duplicates + dead-lettered
+    ledger = asyncio.run(read_topic(s, s.topic_prefix + "ledger"))
+    assert len(ledger) == len(worked) + len(sample) - 1 - 143
+    # export writes the same thing as JSONL
+    out = tmp_path / "settlements.jsonl"
+    res = runner.invoke(cli, ["export", "settlements", str(out)], env=env)
+    assert res.exit_code == 0, res.output
+    assert len(out.read_bytes().splitlines()) == len(expected)
+
+
+def _kill_mid_stream(s: Settings, lines: list[bytes], expected_n: int, tmp_path: Path,
+                     worker_ids: list[str], rate: float, kills: list[float],
+                     restart: bool = True) -> list[Path]:
+    """Publish at ``rate`` while workers run; SIGKILL the first worker at each time in
+    ``kills`` (seconds after publication started) and start it again if ``restart``."""
+    asyncio.run(create_all(s))
+    logs = [tmp_path / f"worker-{w}.log" for w in worker_ids]
+    procs = [spawn(s, worker_id=w, log_file=lg, env=FAST) for w, lg in zip(worker_ids, logs,
+                                                                         strict=True)]
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        loop_kills = list(kills)
+
+        async def publish_and_kill() -> None:
+            task = asyncio.create_task(publish_lines(s, lines, rate=rate))
+            while loop_kills:
+                at = started + loop_kills.pop(0)
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                n = len(await read_topic(s, s.topic_prefix + "settlements"))
+                assert n < expected_n, "the kill came too late to be mid-stream"
+                procs[0].send_signal(signal.SIGKILL)
+                procs[0].wait()
+                if restart:
+                    procs[0] = spawn(s, worker_id=worker_ids[0], log_file=logs[0], env=FAST)
+            await task
+
+        asyncio.run(publish_and_kill())
+        return logs
+    finally:
+        _procs.extend(procs)
+
+
+_procs: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _cleanup_workers() -> Iterable[None]:
+    yield
+    while _procs:
+        terminate(_procs.pop())
+
+
+@pytest.mark.timeout(150)
+def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
+        kafka_bootstrap: str, unique_prefix: str, tmp_path: Path) -> None:
+    s = settings_for(kafka_bootstrap, unique_prefix)
+    sample = lines_of("sample")
+    expected = settle(sample, tmp_path)
+    # ~7 s of publication; killed twice while settling, restarted with the same worker id
+    logs = _kill_mid_stream(s, sample, len(expected), tmp_path, ["k"], rate=2000,
+                            kills=[1.5, 4.0])
+    live = wait_for(s, len(expected), _procs, logs, timeout=60)
+    assert_same_outputs(live, expected)
+
+
+@pytest.mark.timeout(150)
+def test_two_workers_one_killed_outputs_complete_and_exactly_once(
+        kafka_bootstrap: str, unique_prefix: str, tmp_path: Path) -> None:
+    s = settings_for(kafka_bootstrap, unique_prefix)
+    sample = lines_of("sample")
+    expected = settle(sample, tmp_path)
+    # the killed worker stays dead: the survivor must finish alone
+    logs = _kill_mid_stream(s, sample, len(expected), tmp_path, ["x", "y"], rate=2500,
+                            kills=[2.0], restart=False)
+    survivors = [p for p in _procs if p.poll() is None]
+    live = wait_for(s, len(expected), survivors, logs, timeout=60)
+    assert_same_outputs(live, expected)
