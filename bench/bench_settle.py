@@ -79,7 +79,7 @@ def settle(log: Path) -> tuple[int, float, float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--households", type=int, default=int(os.environ.get("BENCH_HOUSEHOLDS", 20000))
+        "--households", type=int, default=int(os.environ.get("BENCH_HOUSEHOLDS", 11000))
     )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--from", dest="start", default="2025-01-01")

@@ -101,8 +101,9 @@ class Engine:
     @staticmethod
     def evolve(state: State, decision: Decision) -> State:
         """Apply a decision's changes. The only place state is mutated."""
-        for change in decision.changes:
-            _APPLY[change[0]](state, *change[1:])
+        apply = _APPLY
+        for op, *args in decision.changes:
+            apply[op](state, *args)
         return state
 
     def apply(self, state: State, event: InputEvent) -> list[OutputEvent]:
@@ -350,7 +351,7 @@ class Engine:
             person_id=e.person_id,
             visit_id=e.visit_id,
             settlement_seq=s.seq,
-            amounts=Amounts(**{k: -v for k, v in s.amounts.items()}),
+            amounts=s.amounts.negated(),
             family_debits=[FamilyDebit(payer_id=pid, amount_fen=-amt) for pid, amt in s.family],
         )
         return Decision([out], [("reverse", e.person_id, e.visit_id)])
@@ -469,14 +470,11 @@ class Engine:
         # Step 1: lines
         total = self_pay_full = over_cap = first_self_pay = eligible = 0
         b_rate = sp.b_first_self_pay
-        for item in visit.lines.values():
-            a = item.amount_fen
+        for cls, a, cap in visit.lines.values():
             total += a
-            cls = item.catalog_class
             if cls == "C":
                 self_pay_full += a
                 continue
-            cap = item.cap_fen
             over = a - cap if cap is not None and a > cap else 0
             over_cap += over
             c = a - over
@@ -740,20 +738,20 @@ class Engine:
             )
         )
 
-        amounts = {
-            "total": total,
-            "self_pay_full": self_pay_full,
-            "over_cap": over_cap,
-            "first_self_pay": first_self_pay,
-            "eligible": eligible,
-            "deductible": ded,
-            "basic_fund": fund,
-            "major_illness": major,
-            "assistance": assist,
-            "personal_account": own,
-            "family_account": family_total,
-            "cash_due": cash_due,
-        }
+        amounts = Amounts(
+            total=total,
+            self_pay_full=self_pay_full,
+            over_cap=over_cap,
+            first_self_pay=first_self_pay,
+            eligible=eligible,
+            deductible=ded,
+            basic_fund=fund,
+            major_illness=major,
+            assistance=assist,
+            personal_account=own,
+            family_account=family_total,
+            cash_due=cash_due,
+        )
         seq = visit.seq + 1
         settled = ClaimSettled(
             event_id=f"{e.event_id}/0",
@@ -771,7 +769,7 @@ class Engine:
             treatment_region=treated,
             facility_id=o.facility_id,
             cross_province=cross,
-            amounts=Amounts(**amounts),
+            amounts=amounts,
             family_debits=[FamilyDebit(payer_id=pid, amount_fen=amt) for pid, amt in family],
             trace=trace,
         )
@@ -780,7 +778,7 @@ class Engine:
             event_id=e.event_id,
             amounts=amounts,
             year=year,
-            acc_deltas=deltas,
+            acc_deltas=tuple(deltas.items()),
             own=own,
             family=family,
             outstanding=cash_due,
@@ -864,7 +862,7 @@ def _open(state: State, e: ev.VisitOpened) -> None:
 def _lines(state: State, pid: str, vid: str, items: list[ev.LineItem]) -> None:
     lines = state.persons[pid].visits[vid].lines
     for item in items:
-        lines[item.line_id] = item
+        lines[item.line_id] = (item.catalog_class, item.amount_fen, item.cap_fen)
 
 
 def _unlines(state: State, pid: str, vid: str, ids: tuple[str, ...]) -> None:
@@ -873,9 +871,9 @@ def _unlines(state: State, pid: str, vid: str, ids: tuple[str, ...]) -> None:
         del lines[line_id]
 
 
-def _add_acc(p: Person, year: int, deltas: dict[str, int], sign: int) -> None:
+def _add_acc(p: Person, year: int, deltas: tuple[tuple[str, int], ...], sign: int) -> None:
     acc = p.accumulators.setdefault(year, {})
-    for k, v in deltas.items():
+    for k, v in deltas:
         acc[k] = acc.get(k, 0) + sign * v
 
 

@@ -39,18 +39,26 @@ class Deduplicator:
 
     def seen(self, event_id: str, occurred_at: dt.datetime) -> bool:
         """True if ``event_id`` is a repeat; otherwise remember it and return False."""
-        if event_id in self._seen:
+        seen = self._seen
+        if event_id in seen:
             return True
-        self._seen[event_id] = occurred_at
-        self._order.append((occurred_at, event_id))
-        if self._newest is None or occurred_at > self._newest:
+        seen[event_id] = occurred_at
+        order = self._order
+        order.append((occurred_at, event_id))
+        newest = self._newest
+        if newest is None or occurred_at > newest:
             self._newest = occurred_at
-            horizon = occurred_at - self.window
-            order, seen = self._order, self._seen
-            while order and order[0][0] < horizon:
-                _, old = order.popleft()
-                seen.pop(old, None)
+        if len(order) & 1023 == 0:  # expire in batches: cheap per event, bounded memory
+            self._expire()
         return False
+
+    def _expire(self) -> None:
+        assert self._newest is not None
+        horizon = self._newest - self.window
+        order, seen = self._order, self._seen
+        while order and order[0][0] < horizon:
+            _, old = order.popleft()
+            seen.pop(old, None)
 
 
 @dataclass(slots=True)
@@ -103,7 +111,10 @@ class Fold:
             c.duplicates += 1
             return []
         c.applied += 1
-        outputs = self.engine.apply(self.state, event)
+        decision = self.engine.decide(self.state, event)
+        if decision.changes:
+            self.engine.evolve(self.state, decision)
+        outputs = decision.outputs
         if outputs:
             c.outputs += len(outputs)
             by = c.by_output

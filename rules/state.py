@@ -15,7 +15,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from schemas.events import LineItem, PersonRegistered, VisitOpened
+from schemas.events import Amounts, PersonRegistered, VisitOpened
 
 T = TypeVar("T")
 
@@ -38,9 +38,9 @@ class Settlement:
 
     seq: int
     event_id: str
-    amounts: dict[str, int]
+    amounts: Amounts
     year: int
-    acc_deltas: dict[str, int]
+    acc_deltas: tuple[tuple[str, int], ...]
     own: int
     family: list[tuple[str, int]]
     outstanding: int
@@ -51,7 +51,9 @@ class Settlement:
 class Visit:
     opened: VisitOpened
     opened_date: dt.date
-    lines: dict[str, LineItem] = field(default_factory=dict)
+    #: line_id -> (catalog_class, amount_fen, cap_fen): all settlement needs of a line item,
+    #: a third of the memory of the decoded item (codes and names are not kept).
+    lines: dict[str, tuple[str, int, int | None]] = field(default_factory=dict)
     seq: int = 0
     current: Settlement | None = None
 

@@ -7,6 +7,7 @@ get the answer to the fen without a broker.
 from __future__ import annotations
 
 import base64
+import gc
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from rules.fold import DeadLetter, Deduplicator, Fold
 from rules.policy import load_policy
 
 _FLUSH_BYTES = 1 << 20
+_FREEZE_EVERY = 20_000
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:
@@ -94,6 +96,11 @@ def settle(
     try:
         with src:
             for result in fold.run(_lines(src)):
+                if fold.counts.read % _FREEZE_EVERY == 0:
+                    # Settlement state is long-lived and acyclic: moving it out of the
+                    # collector's generations stops full collections from rescanning the
+                    # whole heap, which otherwise halves throughput at a million events.
+                    gc.freeze()
                 if isinstance(result, DeadLetter):
                     if dl_file is not None:
                         dl_file.write(encoder.encode(dead_letter_record(result)) + b"\n")
