@@ -30,6 +30,7 @@ from streams.topics import Topics
 from yibao.settings import Settings
 
 SEQ_HEADER = "yibao-seq"
+TOPICS_ORDER = ("registrations", "visits", "prescriptions", "payments")
 FALLBACK_TOPIC = "registrations"
 
 
@@ -108,6 +109,8 @@ async def publish_lines(
     topics = Topics.of(settings)
     producer = AIOKafkaProducer(**producer_config(settings))
     await producer.start()
+    for short in TOPICS_ORDER:  # metadata first, so no topic's first batch lags the others
+        await producer.partitions_for(topics.name(short))
     counts: dict[str, int] = {}
     base = new_seq_base()
     last_ts = 0

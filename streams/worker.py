@@ -30,7 +30,7 @@ from yibao.settings import Settings
 @dataclass(frozen=True)
 class WorkerOptions:
     worker_id: str = "0"
-    merge_wait_ms: int = 0
+    merge_wait_ms: int = 20
     dedup_window_days: int = 30
     policy_path: str | None = None
     stages: tuple[str, ...] = ("sequencer", "processor")

@@ -33,7 +33,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
 if not EXAMPLES.exists():
     EXAMPLES = Path("/work/shared/spec/examples")
 
-FAST = {"YIBAO_TRANSACTION_TIMEOUT_MS": "6000", "YIBAO_LOG_LEVEL": "info"}
+# Publication runs while the worker settles: give the event-time merge room for the skew
+# between topics (batching, a restart's fetch) — ordering, not latency, is tested here.
+FAST = {"YIBAO_TRANSACTION_TIMEOUT_MS": "6000", "YIBAO_LOG_LEVEL": "info",
+        "YIBAO_MERGE_WAIT_MS": "300"}
 
 
 def lines_of(name: str) -> list[bytes]:

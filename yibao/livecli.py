@@ -79,7 +79,7 @@ def export(settings: Settings, topic: str, out: str, timeout: float) -> None:
 @click.command()
 @click.option("--worker-id", default="0", show_envvar=True, envvar="YIBAO_WORKER_ID",
               help="Unique per concurrently running worker (transactional ids derive from it).")
-@click.option("--merge-wait-ms", type=click.IntRange(min=0), default=0, show_envvar=True,
+@click.option("--merge-wait-ms", type=click.IntRange(min=0), default=20, show_envvar=True,
               envvar="YIBAO_MERGE_WAIT_MS",
               help="How long the sequencer's event-time merge waits for an idle input "
                    "partition before releasing (Kafka Streams' max.task.idle.ms).")
