@@ -50,7 +50,9 @@ kafka-down: ## stop it and wait until the port is free
 kafka-status: ## ask it for metadata; fails unless it answers
 	$(BIN)/python -m yibao.broker status
 
-test: ## the whole test suite (Kafka tests start/stop a broker themselves)
+test: ## ruff + mypy, then the whole test suite (Kafka tests start/stop a broker themselves)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: ## ruff check + mypy
