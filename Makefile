@@ -12,7 +12,7 @@ KAFKA_LIBS := var/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle
+.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -61,6 +61,10 @@ lint: ## ruff check + mypy
 
 bench-settle: ## settle a generated log of >= 1M events: events/s and peak RSS (prints figures)
 	$(BIN)/python bench/bench_settle.py
+
+bench-live: ## live pipeline on the local broker: end-to-end events/s, raw ceiling, p50/p99 latency
+	$(BIN)/python -m yibao.broker up
+	$(BIN)/python bench/bench_live.py
 
 demo: ## start the local broker and run the smoke path end to end
 	$(BIN)/yibao kafka up

@@ -103,6 +103,7 @@ async def publish_lines(
     *,
     on_progress: Callable[[int], None] | None = None,
     rate: float | None = None,
+    on_send: Callable[[bytes], None] | None = None,
 ) -> dict[str, int]:
     """Publish raw lines in order (at most ``rate`` lines/s if given); return how many went
     to each topic."""
@@ -128,6 +129,8 @@ async def publish_lines(
             r = route(raw, last_ts)
             last_ts = r.timestamp
             name = topics.name(r.topic)
+            if on_send is not None:
+                on_send(raw)
             pending.append(await producer.send(
                 name, raw, key=r.key, timestamp_ms=r.timestamp or None,
                 headers=[seq_header(base + i)],

@@ -1,0 +1,266 @@
+"""Live benchmark on the real broker (`make bench-live`), one run, three figures:
+
+1. **end to end**: a time-ordered log of ``--copies`` renamed copies of the spec sample is
+   published as fast as the publisher goes while a ``yibao worker`` runs; events/s = input
+   events / (first publish → last expected output committed in ``settlements``).
+2. **raw ceiling**: the same input records consumed from the four input topics and produced
+   to a sink topic with plain aiokafka (no decoding, no state, no transactions), same
+   machine — what Kafka + Python I/O alone allow.
+3. **latency**: fresh copies published at an offered 1,000 checkouts/s (``VisitClosed``),
+   with the events between them at the sample's mix; latency = send of the checkout →
+   its ClaimSettled/ClaimRejected read from ``settlements`` (read_committed) by this process.
+
+Last line: ``live: <E> events/s, raw <R> events/s, ratio <X>, p50 <A> ms, p99 <B> ms``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from rules.engine import Engine
+from rules.fold import Fold
+from rules.policy import load_policy
+from streams.publish import publish_lines
+from streams.topics import Topics, create_all
+from streams.worker import spawn, terminate
+from yibao.kafka_io import create_topics
+from yibao.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "spec" / "examples" / "sample-events.jsonl"
+if not SAMPLE.exists():
+    SAMPLE = Path("/work/shared/spec/examples/sample-events.jsonl")
+
+
+def renamed(lines: list[bytes], tag: str) -> list[bytes]:
+    """A copy of the log with every person, household, visit and event id made unique."""
+    t = tag.encode()
+    out = []
+    for ln in lines:
+        for a in (b'"P0', b'"H0', b'"V0', b'"E0'):
+            ln = ln.replace(a, a[:2] + t + b"-0")
+        out.append(ln)
+    return out
+
+
+def interleaved(lines: list[bytes], tags: list[str]) -> list[bytes]:
+    """Copies side by side, line by line: still in event-time order."""
+    copies = [renamed(lines, t) for t in tags]
+    return [c[i] for i in range(len(lines)) for c in copies]
+
+
+def expected_outputs(lines: list[bytes]) -> int:
+    fold = Fold(Engine(load_policy(None)))
+    return sum(len(r) for r in fold.run(lines) if isinstance(r, list))
+
+
+async def count_until(settings: Settings, topic: str, target: int, timeout: float,
+                      on_record: object = None) -> float:
+    """Read ``topic`` (read_committed) from the beginning until ``target`` records; return
+    the monotonic time when the last one arrived."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=None,
+        isolation_level="read_committed", auto_offset_reset="earliest",
+        fetch_max_wait_ms=10, enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        n = 0
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while n < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n} of {target} records in {topic} after {timeout}s")
+            batch = await consumer.getmany(timeout_ms=100)
+            got = sum(len(v) for v in batch.values())
+            if got:
+                n += got
+                last = time.monotonic()
+        return last
+    finally:
+        await consumer.stop()
+
+
+async def raw_ceiling(settings: Settings, n_records: int) -> float:
+    """Plain aiokafka consume (4 input topics) → produce (a sink topic); records/s."""
+    t = Topics.of(settings)
+    sink = t.name("bench-raw-sink")
+    await create_topics(settings.bootstrap_servers, [sink], partitions=settings.partitions)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=None,
+        auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=10,
+        max_partition_fetch_bytes=2 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                                enable_idempotence=True, linger_ms=5,
+                                max_batch_size=512 * 1024)
+    await consumer.start()
+    await producer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for topic in t.inputs
+               for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        n = 0
+        started = time.monotonic()
+        while n < n_records:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for records in batch.values():
+                for r in records:
+                    await producer.send(sink, r.value, key=r.key, timestamp_ms=r.timestamp)
+                n += len(records)
+        await producer.flush()
+        return n / (time.monotonic() - started)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float,
+                  seconds: float) -> list[float]:
+    """Publish ``lines`` at the rate that makes 1,000 checkouts/s; return latencies (ms)."""
+    closed = [b'"type": "VisitClosed"' in ln for ln in lines]
+    share = sum(closed) / len(lines)
+    rate = checkouts_per_s / share
+    lines = lines[: int(rate * seconds)]
+    closed = closed[: len(lines)]
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+    topic = Topics.of(settings).settlements
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=None,
+        isolation_level="read_committed", fetch_max_wait_ms=2, enable_auto_commit=False,
+    )
+    await consumer.start()
+    await consumer._client.force_metadata_update()
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    want = {_event_id(ln) for ln, c in zip(lines, closed, strict=True) if c}
+
+    async def read() -> None:
+        while len(got) < len(want):
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    cause, kind = _caused_by_type(r.value)
+                    if cause in want and kind in ("ClaimSettled", "ClaimRejected"):
+                        got.setdefault(cause, now)
+
+    def on_send(line: bytes) -> None:
+        if b'"type": "VisitClosed"' in line:
+            sent[_event_id(line)] = time.perf_counter()
+
+    reader = asyncio.create_task(read())
+    await publish_lines(settings, lines, rate=rate, on_send=on_send)
+    try:
+        await asyncio.wait_for(reader, 60)
+    finally:
+        await consumer.stop()
+    return [(got[e] - sent[e]) * 1000 for e in want if e in got and e in sent]
+
+
+def _caused_by_type(value: bytes) -> tuple[str, str]:
+    def field(name: bytes) -> str:
+        i = value.find(name)
+        if i < 0:
+            return ""
+        start = value.index(b'"', i + len(name))
+        return value[start + 1: value.index(b'"', start + 1)].decode()
+
+    return field(b'"caused_by":'), field(b'"type":')
+
+
+def _event_id(line: bytes) -> str:
+    i = line.index(b'"event_id": "') + 13
+    return line[i: line.index(b'"', i)].decode()
+
+
+async def main_async(args: argparse.Namespace) -> str:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+    settings = Settings(topic_prefix=prefix, partitions=args.partitions)
+    await create_all(settings)
+    sample = [ln for ln in SAMPLE.read_bytes().splitlines() if ln.strip()]
+    warm = renamed(sample[:400], "w")
+    log = interleaved(sample, [f"c{i}" for i in range(args.copies)])
+    lat_log = interleaved(sample, [f"l{i}" for i in range(3)])
+    n_warm, n_log = expected_outputs(warm), expected_outputs(log)
+    print(f"bench-live: prefix {prefix}, {args.partitions} partitions; log {len(log):,} events "
+          f"({args.copies} copies of the sample) -> {n_log:,} outputs", file=sys.stderr)
+    logdir = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    if args.split:  # one process per stage: each gets its own core (and GIL)
+        procs = [spawn(settings, worker_id=f"bench-{st}", log_file=logdir / f"{st}.log",
+                       env={"YIBAO_LOG_LEVEL": "info", "YIBAO_STAGES": st})
+                 for st in ("sequencer", "processor")]
+    else:
+        procs = [spawn(settings, worker_id="bench", log_file=logdir / "worker.log",
+                       env={"YIBAO_LOG_LEVEL": "info"})]
+    print(f"  workers: {len(procs)} process(es), logs in {logdir}", file=sys.stderr)
+    try:
+        await publish_lines(settings, warm)
+        await count_until(settings, Topics.of(settings).settlements, n_warm, 60)
+        # 1. end to end
+        started = time.monotonic()
+        counting = asyncio.create_task(count_until(
+            settings, Topics.of(settings).settlements, n_warm + n_log, args.timeout))
+        await publish_lines(settings, log)
+        published = time.monotonic() - started
+        last = await counting
+        e2e = len(log) / (last - started)
+        print(f"  end to end: {len(log):,} events in {last - started:.2f} s "
+              f"(publishing took {published:.2f} s) = {e2e:,.0f} events/s", file=sys.stderr)
+        # 3. latency at 1,000 checkouts/s (before the raw run, on a quiet machine)
+        lats = sorted(await latency(settings, lat_log, args.checkouts, args.seconds))
+        p50 = statistics.median(lats)
+        p99 = lats[min(len(lats) - 1, int(len(lats) * 0.99))]
+        print(f"  latency: {len(lats):,} checkouts at {args.checkouts:,.0f}/s offered: "
+              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {lats[-1]:.1f} ms", file=sys.stderr)
+    finally:
+        for proc in procs:
+            terminate(proc)
+    # 2. raw ceiling on the same input records
+    raw = await raw_ceiling(settings, len(warm) + len(log))
+    print(f"  raw aiokafka consume->produce: {raw:,.0f} events/s", file=sys.stderr)
+    return (f"live: {e2e:.0f} events/s, raw {raw:.0f} events/s, ratio {e2e / raw:.2f}, "
+            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--copies", type=int, default=8, help="copies of the sample (14k each)")
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--checkouts", type=float, default=1000.0, help="offered checkouts/s")
+    ap.add_argument("--seconds", type=float, default=5.0, help="latency phase length")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--split", action=argparse.BooleanOptionalAction, default=False,
+                    help="run the sequencer and the processor in separate processes")
+    args = ap.parse_args()
+    try:
+        import uvloop
+
+        line = uvloop.run(main_async(args))
+    except ImportError:
+        line = asyncio.run(main_async(args))
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
