@@ -438,6 +438,7 @@ class Engine:
                 f"date of death {p.date_of_death} < visit opened {visit.opened_date}",
             )
         o = visit.opened
+        assert o is not None  # an open visit is never packed
         if o.kind == "outpatient_special":
             code = o.special_disease_code
             if code not in pol.special_diseases or not any(
@@ -462,6 +463,7 @@ class Engine:
     ) -> Decision:
         sp: SchemePolicy = pol.scheme[reg.scheme]
         o = visit.opened
+        assert o is not None
         trace: list[TraceEntry] = []
         year = d.year
         acc = p.acc(year)
@@ -886,6 +888,7 @@ def _settle(state: State, pid: str, vid: str, s: Settlement) -> None:
     visit = p.visits[vid]
     visit.seq = s.seq
     visit.current = s
+    visit.pack()
 
 
 def _reverse(state: State, pid: str, vid: str) -> None:
@@ -897,9 +900,11 @@ def _reverse(state: State, pid: str, vid: str) -> None:
     p.balance += s.own
     for payer, amt in s.family:
         state.persons[payer].balance += amt
-    for bank, amt in s.credit.items():
-        p.credit_outstanding[bank] -= amt
+    if s.credit:
+        for bank, amt in s.credit.items():
+            p.credit_outstanding[bank] -= amt
     visit.current = None
+    visit.unpack()
 
 
 def _pay(state: State, pid: str, vid: str, amount: int, bank: str | None) -> None:
@@ -908,6 +913,8 @@ def _pay(state: State, pid: str, vid: str, amount: int, bank: str | None) -> Non
     assert s is not None
     s.outstanding -= amount
     if bank is not None:
+        if s.credit is None:
+            s.credit = {}
         s.credit[bank] = s.credit.get(bank, 0) + amount
         p.credit_outstanding[bank] = p.credit_outstanding.get(bank, 0) + amount
 

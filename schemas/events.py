@@ -4,7 +4,8 @@ Why msgspec: one decode both parses and validates, in C, with the JSON path of t
 error; the settlement fold runs at 100k+ events/s only if decoding is not the bottleneck.
 Structs are frozen and keyword-only so an event, once decoded, is a value that no stage can
 change; unknown fields are rejected so a gateway's typo fails loudly instead of settling
-with a default.
+with a default. ``gc=False``: events are acyclic values, so keeping them out of the cyclic
+garbage collector saves memory and collection time on a heap of millions of them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ VisitKind = Literal[
 PaymentMethod = Literal["insurance_code_qr", "face", "mobile", "bank_card", "cash", "credit"]
 
 
-class Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Envelope shared by every input event (the tag ``type`` is added per class)."""
 
     event_id: Id
@@ -131,7 +132,7 @@ class CreditRepaid(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_
 # --------------------------------------------------------------------- care
 
 
-class LineItem(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class LineItem(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     line_id: Id
     code: str
     name: str
@@ -271,7 +272,7 @@ TOPIC_OF: dict[str, str] = {
 # --------------------------------------------------------------------- outputs
 
 
-class Amounts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Amounts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     total: int
     self_pay_full: int
     over_cap: int
@@ -289,17 +290,17 @@ class Amounts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         return Amounts(**{f: -getattr(self, f) for f in self.__struct_fields__})
 
 
-class FamilyDebit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class FamilyDebit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     payer_id: str
     amount_fen: int
 
 
-class TraceEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TraceEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     step: str
     detail: str
 
 
-class _Out(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _Out(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     event_id: str
     caused_by: str
     person_id: str
