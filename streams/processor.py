@@ -19,7 +19,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from rules.engine import Engine
 from schemas.codec import Codec
 from streams.cores import ProcessorCore
-from streams.runtime import StageConfig, TxnStage, log, read_changelog
+from streams.runtime import Outbox, StageConfig, TxnStage, log, read_changelog
 from streams.topics import Topics
 
 
@@ -33,6 +33,7 @@ class Processor(TxnStage):
         self.core = ProcessorCore(engine, self.codec)
         self.assigned: set[TopicPartition] = set()
         self.changelog = topics.changelog("processor", "households")
+        self.outbox = Outbox(self.producer)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         new = assigned - self.assigned
@@ -59,17 +60,17 @@ class Processor(TxnStage):
         batch = {tp: rs for tp, rs in batch.items() if rs and tp in self.assigned}
         if not batch:
             return
-        producer = self.producer
-        await producer.begin_transaction()
+        await self.producer.begin_transaction()
+        outbox = self.outbox
         core, encode, settlements = self.core, self.codec.encode, self.t.settlements
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             p = tp.partition
             for r in records:
                 for o in core.apply(p, r.key, r.value):
-                    await producer.send(settlements, encode(o), key=r.key, partition=p,
-                                        timestamp_ms=r.timestamp)
+                    outbox.add(settlements, p, r.key, encode(o), r.timestamp)
             offsets[tp] = records[-1].offset + 1
         for _store, p, key, value in core.take_changes():
-            await producer.send(self.changelog, value, key=key, partition=p)
+            outbox.add(self.changelog, p, key, value)
+        await outbox.flush()
         await self.commit(offsets)

@@ -40,6 +40,7 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
     ConsumerProtocolMemberMetadata,
 )
+from aiokafka.partitioner import murmur2
 
 from yibao.logging import get_logger
 
@@ -125,6 +126,47 @@ def make_producer(cfg: StageConfig) -> AIOKafkaProducer:
         # the latency of every batch.
         retry_backoff_ms=5,
     )
+
+
+class Outbox:
+    """Records of one transaction, sent as one batch per partition (``send_batch``): a
+    per-record ``producer.send`` costs tens of microseconds, which at 10k events/s and two
+    or three records per event would be most of a core."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self.records: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int | None,
+                                                      list[tuple[str, bytes]]]]] = {}
+        self._partitions: dict[str, int] = {}
+
+    async def partitions(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            n = len(await self.producer.partitions_for(topic))
+            self._partitions[topic] = n
+        return n
+
+    async def partition_for(self, topic: str, key: bytes) -> int:
+        """The default partitioner's choice (murmur2, as the Java client)."""
+        return (murmur2(key) & 0x7FFFFFFF) % await self.partitions(topic)
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+            timestamp_ms: int | None = None, headers: list[tuple[str, bytes]] | None = None
+            ) -> None:
+        self.records.setdefault((topic, partition), []).append(
+            (key, value, timestamp_ms, headers or []))
+
+    async def flush(self) -> None:
+        producer = self.producer
+        for (topic, partition), recs in self.records.items():
+            batch = producer.create_batch()
+            for key, value, ts, headers in recs:
+                if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                    await producer.send_batch(batch, topic, partition=partition)
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=ts, headers=headers)
+            await producer.send_batch(batch, topic, partition=partition)
+        self.records.clear()
 
 
 async def read_changelog(

@@ -26,7 +26,14 @@ from aiokafka import TopicPartition
 from streams.cores import DEDUP_STORE, PERSONS_STORE, Change, DeadLetterAppend, SequencerCore
 from streams.merge import TP, Record, TimestampMerge
 from streams.publish import SEQ_HEADER, seq_of
-from streams.runtime import SingletonAssignor, StageConfig, TxnStage, log, read_changelog
+from streams.runtime import (
+    Outbox,
+    SingletonAssignor,
+    StageConfig,
+    TxnStage,
+    log,
+    read_changelog,
+)
 from streams.topics import Topics
 
 ORIGIN_HEADER = "yibao-origin"
@@ -44,6 +51,7 @@ class Sequencer(TxnStage):
         self.next_offset: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.assigned: set[TopicPartition] = set()
+        self.outbox = Outbox(self.producer)
         self.stores = {
             DEDUP_STORE: topics.changelog("sequencer", "dedup"),
             PERSONS_STORE: topics.changelog("sequencer", "persons"),
@@ -118,8 +126,8 @@ class Sequencer(TxnStage):
         offsets = {tp: o for tp, o in offsets.items() if o != self.committed.get(tp)}
         if not released and not offsets:
             return
-        producer = self.producer
-        await producer.begin_transaction()
+        await self.producer.begin_transaction()
+        outbox = self.outbox
         changes: list[Change] = []
         core = self.core
         ledger, deadletter = self.t.ledger, self.t.deadletter
@@ -128,17 +136,18 @@ class Sequencer(TxnStage):
             if out is None:
                 continue
             if isinstance(out, DeadLetterAppend):
-                await producer.send(deadletter, out.value, key=out.key,
-                                    timestamp_ms=out.timestamp or None)
+                p = rec.tp.partition % await outbox.partitions(deadletter)
+                outbox.add(deadletter, p, out.key, out.value, out.timestamp or None)
                 continue
             headers = [
                 (SEQ_HEADER, rec.seq.to_bytes(8, "big", signed=True)),
                 (ORIGIN_HEADER, f"{rec.tp.topic}:{rec.tp.partition}:{rec.offset}".encode()),
             ]
-            await producer.send(ledger, out.value, key=out.key, timestamp_ms=out.timestamp,
-                                headers=headers)
+            outbox.add(ledger, await outbox.partition_for(ledger, out.key), out.key, out.value,
+                       out.timestamp, headers)
         stores = self.stores
         for store, p, key, value in changes:
-            await producer.send(stores[store], value, key=key, partition=p)
+            outbox.add(stores[store], p, key, value)
+        await outbox.flush()
         await self.commit(offsets)
         self.committed.update(offsets)
