@@ -185,6 +185,13 @@ from yibao.livecli import export, publish, topics, worker  # noqa: E402
 for _command in (topics, publish, export, worker):
     main.add_command(_command)
 
+# -- projections, replay, audits, reports (issue 5) -------------------------------------------
+
+from yibao.projcli import COMMANDS as _PROJECTION_COMMANDS  # noqa: E402
+
+for _command in _PROJECTION_COMMANDS:
+    main.add_command(_command)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

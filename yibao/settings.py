@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="yibao.", description="Prefix of every topic and consumer group id.")
     partitions: int = Field(default=8, ge=1, description="Partitions of the topics yibao creates.")
     duckdb_path: Path = Field(default=Path("var/yibao.duckdb"), description="DuckDB projection file.")
+    pseudonym_key: str = Field(
+        default="yibao-dev-pseudonym-key",
+        description="HMAC key of the person pseudonyms in the DuckDB projections (set a secret one "
+        "in production; a live projection and its replay must use the same key).",
+    )
     log_format: LogFormat = Field(default="auto", description="auto: JSON lines unless stderr is a terminal.")
     log_level: LogLevel = "info"
 

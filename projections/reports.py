@@ -1,0 +1,193 @@
+"""Bureau reports over a projection file: fund summary, cross-region clearing, policy impact,
+one settlement explained, and a chart of daily fund payouts (HTML with inline SVG)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from projections.transform import Pseudonyms
+
+
+def _region_filter(col: str, region: str) -> str:
+    """Exact code, or the whole province for a code ending in 0000."""
+    r = region.replace("'", "")
+    if r.endswith("0000"):
+        return f"left({col}, 2) = '{r[:2]}'"
+    return f"{col} = '{r}'"
+
+
+def funds_query(region: str, start: dt.date, end: dt.date) -> str:
+    return f"""
+        SELECT fund, scheme, sum(amount_fen) AS amount_fen, sum(claims) AS claims,
+               round(sum(amount_fen) / 100.0, 2) AS amount_yuan
+        FROM fund_ledger
+        WHERE {_region_filter('insured_region', region)}
+          AND day BETWEEN DATE '{start}' AND DATE '{end}'
+        GROUP BY ALL ORDER BY fund, scheme"""
+
+
+def clearing_query(region: str, month: str) -> str:
+    m = month.replace("'", "")
+    return f"""
+        SELECT CASE WHEN {_region_filter('insured_region', region)} THEN 'owes' ELSE 'is owed'
+               END AS direction, insured_region, treatment_region, month, claims, total_fen,
+               basic_fund_fen, major_illness_fen, assistance_fen, personal_account_fen,
+               family_aid_fen, owed_fen, round(owed_fen / 100.0, 2) AS owed_yuan
+        FROM clearing
+        WHERE month = '{m}' AND ({_region_filter('insured_region', region)}
+                                 OR {_region_filter('treatment_region', region)})
+        ORDER BY direction DESC, owed_fen DESC, insured_region, treatment_region"""
+
+
+def policy_impact_query() -> str:
+    """Over ``base`` and ``whatif`` attached: fund cost per fund, region, scheme, month."""
+    agg = ("SELECT fund, insured_region, scheme, strftime(day, '%Y-%m') AS month, "
+           "sum(amount_fen) AS amount_fen FROM {db}.fund_ledger GROUP BY ALL")
+    return f"""
+        SELECT fund, insured_region, scheme, month,
+               coalesce(b.amount_fen, 0) AS base_fen, coalesce(w.amount_fen, 0) AS whatif_fen,
+               coalesce(w.amount_fen, 0) - coalesce(b.amount_fen, 0) AS delta_fen,
+               CASE WHEN coalesce(b.amount_fen, 0) <> 0 THEN round(100.0 *
+                   (coalesce(w.amount_fen, 0) - b.amount_fen) / abs(b.amount_fen), 2) END
+                   AS delta_pct
+        FROM ({agg.format(db='base')}) b FULL OUTER JOIN ({agg.format(db='whatif')}) w
+             USING (fund, insured_region, scheme, month)
+        WHERE coalesce(w.amount_fen, 0) <> coalesce(b.amount_fen, 0)
+        ORDER BY abs(delta_fen) DESC, fund, insured_region, scheme, month"""
+
+
+def policy_impact_totals_query() -> str:
+    return f"""
+        SELECT fund, sum(base_fen) AS base_fen, sum(whatif_fen) AS whatif_fen,
+               sum(delta_fen) AS delta_fen
+        FROM ({policy_impact_query()}) GROUP BY ALL ORDER BY fund"""
+
+
+def attach_pair(base: str | Path, whatif: str | Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{_q(base)}' AS base (READ_ONLY)")
+    con.execute(f"ATTACH '{_q(whatif)}' AS whatif (READ_ONLY)")
+    return con
+
+
+def _q(p: str | Path) -> str:
+    return str(p).replace("'", "''")
+
+
+def export(con: duckdb.DuckDBPyConnection, query: str, csv: str | None, parquet: str | None
+           ) -> None:
+    if csv:
+        con.execute(f"COPY ({query}) TO '{_q(csv)}' (FORMAT csv, HEADER)")
+    if parquet:
+        con.execute(f"COPY ({query}) TO '{_q(parquet)}' (FORMAT parquet)")
+
+
+def explain(con: duckdb.DuckDBPyConnection, key: str, person_id: str, visit_id: str) -> str:
+    """A visit's settlements (and reversals, rejections) with the trace, as text."""
+    pk = Pseudonyms(key)(person_id)
+    rows = con.sql(
+        "SELECT type, settlement_seq, policy_version, benefit_year, service_date, scheme, kind, "
+        "insured_region, treatment_region, facility_id, booked_on, total, self_pay_full, "
+        "over_cap, first_self_pay, eligible, deductible, basic_fund, major_illness, assistance, "
+        "personal_account, family_account, cash_due, trace, event_id "
+        f"FROM settlements WHERE person_key = '{pk}' AND visit_id = '{_q(visit_id)}' "
+        "ORDER BY src_partition, src_offset").fetchall()
+    rej = con.sql(f"SELECT reason, detail, event_id FROM rejections WHERE person_key = '{pk}' "
+                  f"AND visit_id = '{_q(visit_id)}' ORDER BY src_offset").fetchall()
+    if not rows and not rej:
+        return f"no settlement of visit {visit_id} of person {person_id} (key {pk})"
+    out = [f"person {person_id} (pseudonym {pk}), visit {visit_id}"]
+    names = ["total", "self_pay_full", "over_cap", "first_self_pay", "eligible", "deductible",
+             "basic_fund", "major_illness", "assistance", "personal_account", "family_account",
+             "cash_due"]
+    for r in rows:
+        (typ, seq, pol, year, sdate, scheme, kind, ins, trt, fac, booked, *amts) = r[:23]
+        trace, eid = r[23], r[24]
+        out.append(f"\n{typ} {eid} (settlement {seq}): policy {pol}, benefit year {year}, "
+                   f"service date {sdate}, booked {booked}; {scheme} / {kind}; insured {ins}, "
+                   f"treated {trt} at {fac}")
+        out.append("  amounts (fen): " + ", ".join(f"{n} {v}" for n, v in
+                                                   zip(names, amts, strict=True)))
+        for step in json.loads(trace) if trace else []:
+            out.append(f"  - {step['step']}: {step['detail']}")
+    for reason, detail, eid in rej:
+        out.append(f"\nClaimRejected {eid}: {reason} — {detail}")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------ chart
+
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def daily_payouts(con: duckdb.DuckDBPyConnection, region: str | None = None
+                  ) -> tuple[list[dt.date], dict[str, list[int]]]:
+    where = f"WHERE {_region_filter('insured_region', region)}" if region else ""
+    rows = con.sql(f"SELECT day, fund, sum(amount_fen) FROM fund_ledger {where} "
+                   "GROUP BY ALL ORDER BY day, fund").fetchall()
+    days = sorted({r[0] for r in rows})
+    idx = {d: i for i, d in enumerate(days)}
+    series: dict[str, list[int]] = {}
+    for d, fund, amt in rows:
+        series.setdefault(fund, [0] * len(days))[idx[d]] = int(amt)
+    return days, series
+
+
+def chart_html(days: list[dt.date], series: dict[str, list[int]], title: str) -> str:
+    """A line chart (yuan per day, one line per fund) as a standalone HTML page."""
+    w, h, left, right, top, bottom = 960, 420, 80, 200, 40, 50
+    pw, ph = w - left - right, h - top - bottom
+    top_val = max([max(v) for v in series.values()] + [1]) / 100.0
+    n = max(len(days) - 1, 1)
+
+    def x(i: int) -> float:
+        return left + pw * i / n
+
+    def y(v: float) -> float:
+        return top + ph - ph * max(v, 0) / top_val
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+             f'font-family="sans-serif" font-size="11">',
+             f'<text x="{left}" y="22" font-size="15">{html.escape(title)}</text>',
+             f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>']
+    for k in range(5):
+        v = top_val * k / 4
+        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:,.0f}</text>')
+        parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + pw}" y2="{y(v):.1f}" '
+                     'stroke="#ddd"/>')
+    step = max(1, len(days) // 8)
+    for i in range(0, len(days), step):
+        parts.append(f'<text x="{x(i):.1f}" y="{top + ph + 16}" text-anchor="middle">'
+                     f'{days[i]:%m-%d}</text>')
+    parts.append(f'<text x="{left}" y="{h - 8}">yuan per day (booking date, UTC+8)</text>')
+    for j, (fund, vals) in enumerate(sorted(series.items())):
+        c = _COLORS[j % len(_COLORS)]
+        pts = " ".join(f"{x(i):.1f},{y(v / 100.0):.1f}" for i, v in enumerate(vals))
+        parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.6" points="{pts}"/>')
+        ly = top + 14 + 18 * j
+        parts.append(f'<rect x="{left + pw + 14}" y="{ly - 9}" width="12" height="3" fill="{c}"/>')
+        parts.append(f'<text x="{left + pw + 32}" y="{ly - 4}">{html.escape(fund)} '
+                     f'({sum(vals) / 100:,.0f})</text>')
+    parts.append("</svg>")
+    return ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+            + "".join(parts) + "\n")
+
+
+def write_chart(con: duckdb.DuckDBPyConnection, out: str | Path, region: str | None = None
+                ) -> Path:
+    days, series = daily_payouts(con, region)
+    title = "Daily fund payouts by fund" + (f", insured region {region}" if region else "")
+    p = Path(out)
+    p.write_text(chart_html(days, series, title), encoding="utf-8")
+    return p
+
+
+def fmt(rel: Any) -> str:
+    return str(rel)

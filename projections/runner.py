@@ -1,0 +1,250 @@
+"""The consume loop shared by the live projector (``yibao project``, follows the log) and replay
+(``yibao replay``, from offset 0 to the end offsets taken at its start): aiokafka ``getmany``
+batches → :class:`~projections.transform.Transform` → :meth:`Store.write` (rows and the next
+offsets in one DuckDB transaction). On start it seeks every (topic, partition) to the offset
+stored in the file, so a crash or restart resumes exactly after the last committed batch.
+
+Reads are ``read_committed``: only what the pipeline's Kafka transactions committed. Writes
+run in a worker thread while the next batch is fetched and transformed (at most one write
+in flight; DuckDB releases the GIL while it inserts).
+
+With a policy (what-if), the ``settlements`` topic is not read: the pure engine re-settles the
+ledger, household by household exactly as the live processor does
+(:class:`streams.cores.ProcessorCore`, state per ledger partition and key), and its outputs go
+through the same transform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from projections.store import Offsets, Store
+from projections.transform import DEADLETTER, LEDGER, ROLES, SETTLEMENTS, Rec, Transform
+from rules.engine import Engine
+from rules.policy import Policy
+from schemas.codec import Codec
+from streams.topics import Topics
+from yibao.settings import Settings
+
+
+@dataclass
+class RunOptions:
+    follow: bool = False  # projector: keep going; replay: stop at the end offsets
+    until_ms: int | None = None  # only records with timestamp <= this
+    max_records: int = 50_000  # per write
+    max_wait_ms: int = 300  # follow: write at least this often while records arrive
+    snapshot_every: float | None = None  # follow: publish a snapshot every N seconds
+    policy: Policy | None = None  # what-if: re-settle the ledger under this policy
+    on_total: Callable[[int], None] | None = None
+    on_progress: Callable[[int], None] | None = None
+    topic_wait: float = 60.0  # how long to wait for the topics to exist
+
+
+@dataclass
+class RunStats:
+    records: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
+    written_rows: int = 0
+    writes: int = 0
+    snapshots: int = 0
+    seconds: float = 0.0
+
+    @property
+    def events(self) -> int:
+        return sum(self.records.values())
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def consumer_for(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+        fetch_max_wait_ms=100,
+    )
+
+
+async def assign(consumer: AIOKafkaConsumer, topics: dict[str, str], wait: float
+                 ) -> dict[TopicPartition, str]:
+    """Assign every partition of ``topics`` (role -> name); wait up to ``wait`` s for them."""
+    deadline = time.monotonic() + wait
+    while True:
+        await consumer._client.force_metadata_update()
+        parts = {role: consumer.partitions_for_topic(name) for role, name in topics.items()}
+        if all(parts.values()):
+            break
+        if time.monotonic() > deadline:
+            missing = [topics[r] for r, p in parts.items() if not p]
+            raise TimeoutError(f"topics not found: {', '.join(missing)}")
+        await asyncio.sleep(0.5)
+    roles = {TopicPartition(topics[r], p): r for r, ps in parts.items() for p in sorted(ps or ())}
+    consumer.assign(list(roles))
+    return roles
+
+
+async def run(settings: Settings, store: Store, transform: Transform, opts: RunOptions,
+              stop: asyncio.Event | None = None) -> RunStats:
+    t = Topics.of(settings)
+    names = {LEDGER: t.ledger, SETTLEMENTS: t.settlements, DEADLETTER: t.deadletter}
+    if opts.policy is not None:
+        names.pop(SETTLEMENTS)
+    whatif = _WhatIf(opts.policy) if opts.policy is not None else None
+    stats = RunStats()
+    consumer = consumer_for(settings)
+    await consumer.start()
+    started = time.monotonic()
+    try:
+        roles = await assign(consumer, names, opts.topic_wait)
+        stored = store.offsets()
+        start: dict[TopicPartition, int] = {}
+        for tp, role in roles.items():
+            o = stored.get((role, tp.partition))
+            if o is None:
+                await consumer.seek_to_beginning(tp)
+                start[tp] = 0
+            else:
+                consumer.seek(tp, o)
+                start[tp] = o
+        end = await consumer.end_offsets(list(roles))
+        if opts.on_total:
+            opts.on_total(sum(max(0, end[tp] - start[tp]) for tp in roles))
+        todo = {tp for tp in roles if end[tp] > start[tp]}
+        pending: dict[str, list[Any]] = {r: [] for r in ROLES}
+        offsets: Offsets = {}
+        n_pending = 0
+        first_pending = 0.0
+        writing: asyncio.Future[None] | None = None
+        until = opts.until_ms
+
+        async def flush() -> None:
+            nonlocal writing, n_pending, offsets
+            if not offsets:
+                return
+            if whatif is not None:
+                pending[SETTLEMENTS] = whatif.settle(pending[LEDGER])
+            tables = transform.batch(pending[LEDGER], pending[SETTLEMENTS], pending[DEADLETTER])
+            batch_offsets = offsets
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(asyncio.to_thread(store.write, tables, batch_offsets))
+            stats.writes += 1
+            stats.written_rows += sum(x.num_rows for x in tables.values())
+            for r in ROLES:
+                pending[r] = []
+            offsets = {}
+            n_pending = 0
+
+        while True:
+            if stop is not None and stop.is_set():
+                break
+            if not opts.follow and not todo:
+                break
+            data = await consumer.getmany(timeout_ms=opts.max_wait_ms,
+                                          max_records=opts.max_records)
+            got = 0
+            for tp, recs in data.items():
+                if not recs:
+                    continue
+                role = roles[tp]
+                got += len(recs)
+                stats.records[role] += len(recs)
+                if until is not None:
+                    recs = [r for r in recs if r.timestamp <= until]
+                pending[role].extend(recs)
+                offsets[(role, tp.partition)] = data[tp][-1].offset + 1
+            if got:
+                if not n_pending:
+                    first_pending = time.monotonic()
+                n_pending += got
+                if opts.on_progress:
+                    opts.on_progress(got)
+            if not opts.follow:
+                for tp in list(todo):
+                    if await consumer.position(tp) >= end[tp]:
+                        todo.discard(tp)
+            now = time.monotonic()
+            if n_pending and (n_pending >= opts.max_records or (not todo and not opts.follow)
+                              or now - first_pending >= opts.max_wait_ms / 1000):
+                await flush()
+            if (opts.snapshot_every is not None
+                    and now - store.last_snapshot >= opts.snapshot_every):
+                if writing is not None:
+                    await writing
+                    writing = None
+                await asyncio.to_thread(store.snapshot)
+                stats.snapshots += 1
+        await flush()
+        if writing is not None:
+            await writing
+        if opts.snapshot_every is not None:
+            store.snapshot()
+            stats.snapshots += 1
+    finally:
+        await consumer.stop()
+        stats.seconds = time.monotonic() - started
+    return stats
+
+
+class _WhatIf:
+    """Re-settle ledger records under another policy, as the live processor would."""
+
+    def __init__(self, policy: Policy) -> None:
+        from streams.cores import ProcessorCore
+
+        self.codec = Codec()
+        self.core = ProcessorCore(Engine(policy), self.codec)
+        self.next: dict[int, int] = {}
+
+    def settle(self, ledger: list[Any]) -> list[Rec]:
+        core, encode = self.core, self.codec.encode
+        out: list[Rec] = []
+        for r in ledger:
+            p = r.partition
+            if p not in core.households:
+                core.assign(p)
+                self.next[p] = 0
+            for o in core.apply(p, r.key, r.value):
+                out.append(Rec(p, self.next[p], r.timestamp, encode(o)))
+                self.next[p] += 1
+        core.take_changes()
+        return out
+
+
+async def raw_consume(settings: Settings, roles: tuple[str, ...] = ROLES,
+                      max_records: int = 50_000) -> tuple[int, float]:
+    """Read ``roles``' topics from the beginning to their end offsets, doing nothing with
+    the records: (records, seconds) — the benchmark's yardstick."""
+    t = Topics.of(settings)
+    names = {r: t.name(r) for r in roles}
+    consumer = consumer_for(settings)
+    await consumer.start()
+    try:
+        tps = await assign(consumer, names, 10.0)
+        for tp in tps:
+            await consumer.seek_to_beginning(tp)
+        end = await consumer.end_offsets(list(tps))
+        todo = {tp for tp in tps if end[tp] > 0}
+        n = 0
+        started = time.monotonic()
+        while todo:
+            data = await consumer.getmany(timeout_ms=200, max_records=max_records)
+            for recs in data.values():
+                n += len(recs)
+            for tp in list(todo):
+                if await consumer.position(tp) >= end[tp]:
+                    todo.discard(tp)
+        return n, time.monotonic() - started
+    finally:
+        await consumer.stop()

@@ -1,0 +1,328 @@
+"""Projection commands: `yibao project`, `replay`, `verify`, `reconcile`, `sql`, `report`,
+`explain`, `chart`, `projection-schema`. Every option is also read from its ``YIBAO_*``
+variable (shown in --help)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from yibao.settings import Settings
+
+_DB_HELP = ("Projection file to read [default: YIBAO_DUCKDB_PATH, or its latest snapshot while "
+            "the projector holds it].")
+
+
+def _progress(label: str, quiet: bool) -> tuple[Any, Any, Any]:
+    """(on_total, on_progress, close) for a click progress bar created once the total is known."""
+    state: dict[str, Any] = {}
+
+    def on_total(n: int) -> None:
+        if not quiet:
+            state["bar"] = click.progressbar(length=max(n, 1), label=label, file=sys.stderr,
+                                             show_pos=True)
+            state["bar"].__enter__()
+
+    def on_progress(n: int) -> None:
+        if "bar" in state:
+            state["bar"].update(n)
+
+    def close() -> None:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+
+    return on_total, on_progress, close
+
+
+@click.command()
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Projection file [default: YIBAO_DUCKDB_PATH].")
+@click.option("--snapshot-every", type=click.FloatRange(min=0.1), default=5.0, show_envvar=True,
+              envvar="YIBAO_SNAPSHOT_EVERY",
+              help="Seconds between published snapshots (<db>.snapshot.duckdb) for readers.")
+@click.option("--max-wait-ms", type=click.IntRange(min=1), default=300, show_envvar=True,
+              envvar="YIBAO_PROJECT_MAX_WAIT_MS", help="Write at least this often.")
+@click.option("--max-records", type=click.IntRange(min=1), default=50_000,
+              help="Records per write at most.")
+@click.pass_obj
+def project(settings: Settings, db: Path | None, snapshot_every: float, max_wait_ms: int,
+            max_records: int) -> None:
+    """Project ledger, settlements and deadletter into DuckDB, live and exactly once: each
+    batch and the next offsets are one DuckDB transaction; a restart resumes from them.
+    SIGTERM / Ctrl-C stops it cleanly (SIGKILL is safe too)."""
+    from projections.runner import RunOptions, run
+    from projections.store import Store, snapshot_path
+    from projections.transform import Transform
+    from streams.topics import create_all
+    from yibao.logging import get_logger
+
+    log = get_logger("yibao.project")
+    path = db or settings.duckdb_path
+
+    async def main() -> None:
+        await create_all(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        with Store(path) as store:
+            store.set_meta({"source": "live", "topic_prefix": settings.topic_prefix})
+            log.info("project.start", db=str(path), snapshot=str(snapshot_path(path)),
+                     offsets=len(store.offsets()))
+            stats = await run(settings, store, Transform(settings.pseudonym_key), RunOptions(
+                follow=True, max_wait_ms=max_wait_ms, max_records=max_records,
+                snapshot_every=snapshot_every, topic_wait=600.0), stop)
+            log.info("project.stop", records=stats.records, writes=stats.writes,
+                     snapshots=stats.snapshots)
+
+    asyncio.run(main())
+
+
+def _parse_ts(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO timestamp or date: {value}") from exc
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    if len(value) == 10:  # a date: up to the end of that day
+        t += dt.timedelta(days=1, milliseconds=-1)
+    return int(t.timestamp() * 1000)
+
+
+@click.command()
+@click.option("--into", "into", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Projection file to build (replaced if it exists).")
+@click.option("--until", default=None,
+              help="Only events that occurred up to this timestamp (ISO 8601; no offset = UTC+8;"
+                   " a date = to the end of that day).")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
+              default=None, help="What-if: re-settle the ledger under this policy TOML instead of "
+                                 "reading the recorded settlements.")
+@click.option("--max-records", type=click.IntRange(min=1), default=100_000,
+              help="Records per write.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def replay(settings: Settings, into: Path, until: str | None, policy_path: str | None,
+           max_records: int, quiet: bool) -> None:
+    """Rebuild every projection from offset 0 of the log (fast batch path: aiokafka getmany,
+    msgspec, Arrow) up to the end offsets at start."""
+    from projections.runner import RunOptions, run
+    from projections.store import Store
+    from projections.transform import Transform
+    from rules.policy import load_policy
+
+    for p in (into, into.with_name(into.name + ".wal")):
+        p.unlink(missing_ok=True)
+    policy = load_policy(policy_path) if policy_path else None
+    on_total, on_progress, close = _progress(f"replay into {into.name}", quiet)
+    with Store(into) as store:
+        store.set_meta({"source": "whatif" if policy else "replay",
+                        "policy": policy_path or "", "until": until or "",
+                        "topic_prefix": settings.topic_prefix})
+        try:
+            stats = asyncio.run(run(settings, store, Transform(settings.pseudonym_key),
+                                    RunOptions(until_ms=_parse_ts(until), policy=policy,
+                                               max_records=max_records, on_total=on_total,
+                                               on_progress=on_progress)))
+        except TimeoutError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            close()
+    per_topic = ", ".join(f"{k} {v}" for k, v in stats.records.items())
+    click.echo(f"replayed {stats.events} records ({per_topic}) into {into} in "
+               f"{stats.seconds:.2f} s: {stats.rate:,.0f} events/s", err=True)
+
+
+@click.command()
+@click.argument("a", type=click.Path(dir_okay=False, exists=True))
+@click.argument("b", type=click.Path(dir_okay=False, exists=True))
+@click.option("--rows", type=int, default=5, help="Differing rows to show per table.")
+def verify(a: str, b: str, rows: int) -> None:
+    """Compare two projection files table by table (row counts and checksums, then the first
+    differing rows); exit 1 unless identical."""
+    from projections.audit import verify as run_verify
+
+    res = run_verify(a, b, rows=rows)
+    for name, n, checksum in res.compared:
+        click.echo(f"  same  {name:<28} {n:>9} rows  checksum {checksum & 0xFFFFFFFFFFFF:012x}")
+    for d in res.diffs:
+        click.echo(f"  DIFF  {d.name:<28} {d.rows_a} vs {d.rows_b} rows {d.note}")
+        for r in d.only_a:
+            click.echo(f"        only in A: {r}")
+        for r in d.only_b:
+            click.echo(f"        only in B: {r}")
+    if res.identical:
+        click.echo(f"identical: {len(res.compared)} tables and views")
+    else:
+        click.echo(f"{len(res.diffs)} of {len(res.diffs) + len(res.compared)} differ")
+        raise SystemExit(1)
+
+
+@click.command()
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
+              default=None, show_envvar=True, envvar="YIBAO_POLICY",
+              help="Policy the pipeline ran with [default: national].")
+@click.option("--limit", type=int, default=50, help="Differences to list at most.")
+@click.pass_obj
+def reconcile(settings: Settings, policy_path: str | None, limit: int) -> None:
+    """Re-run the pure engine over the ledger and compare with the recorded settlements,
+    listing every difference; exit 1 if there is one."""
+    from projections.audit import reconcile as run_reconcile
+    from rules.policy import load_policy
+
+    try:
+        res = run_reconcile(settings, load_policy(policy_path) if policy_path else None)
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from None
+    for d in res.differences[:limit]:
+        click.echo(str(d))
+    click.echo(f"reconcile: {res.ledger_records} ledger records, {res.expected} expected outputs, "
+               f"{res.recorded} recorded, {res.matched} match, {len(res.differences)} differences"
+               + (f", {res.pending} not yet processed" if res.pending else ""))
+    if not res.clean:
+        raise SystemExit(1)
+
+
+def _query_cmd(settings: Settings, db: Path | None, query: str, csv: str | None,
+               parquet: str | None) -> None:
+    import duckdb
+
+    from projections.reports import export
+    from projections.store import open_for_query
+
+    try:
+        with open_for_query(db, settings.duckdb_path) as (con, path):
+            click.echo(f"-- {path}", err=True)
+            rel = con.sql(query)
+            click.echo(str(rel))
+            export(con, query, csv, parquet)
+    except (duckdb.Error, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@click.argument("query")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_DB_HELP)
+@click.option("--csv", default=None, help="Also write the result as CSV.")
+@click.option("--parquet", default=None, help="Also write the result as Parquet.")
+@click.pass_obj
+def sql(settings: Settings, query: str, db: Path | None, csv: str | None,
+        parquet: str | None) -> None:
+    """Run a SQL QUERY on the projections, read-only (consistent: the latest snapshot while
+    the projector runs)."""
+    _query_cmd(settings, db, query, csv, parquet)
+
+
+@click.group()
+def report() -> None:
+    """Bureau reports (tables on screen; --csv / --parquet files)."""
+
+
+_date = click.DateTime(formats=["%Y-%m-%d"])
+
+
+@report.command("funds")
+@click.option("--region", required=True, help="Insured region code (NN0000: the province).")
+@click.option("--from", "start", type=_date, required=True)
+@click.option("--to", "end", type=_date, required=True)
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_DB_HELP)
+@click.option("--csv", default=None)
+@click.option("--parquet", default=None)
+@click.pass_obj
+def report_funds(settings: Settings, region: str, start: dt.datetime, end: dt.datetime,
+                 db: Path | None, csv: str | None, parquet: str | None) -> None:
+    """What each fund paid for persons insured in REGION, by scheme, between two days."""
+    from projections.reports import funds_query
+
+    _query_cmd(settings, db, funds_query(region, start.date(), end.date()), csv, parquet)
+
+
+@report.command("clearing")
+@click.option("--region", required=True, help="Region code (NN0000: the province).")
+@click.option("--month", required=True, help="YYYY-MM")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_DB_HELP)
+@click.option("--csv", default=None)
+@click.option("--parquet", default=None)
+@click.pass_obj
+def report_clearing(settings: Settings, region: str, month: str, db: Path | None,
+                    csv: str | None, parquet: str | None) -> None:
+    """Cross-region clearing of a month: what REGION owes treatment regions, and is owed."""
+    from projections.reports import clearing_query
+
+    _query_cmd(settings, db, clearing_query(region, month), csv, parquet)
+
+
+@report.command("policy-impact")
+@click.argument("base", type=click.Path(dir_okay=False, exists=True))
+@click.argument("whatif", type=click.Path(dir_okay=False, exists=True))
+@click.option("--csv", default=None)
+@click.option("--parquet", default=None)
+@click.option("--rows", type=int, default=40, help="Rows to show.")
+def report_policy_impact(base: str, whatif: str, csv: str | None, parquet: str | None,
+                         rows: int) -> None:
+    """Fund cost deltas (WHATIF - BASE) per fund, insured region, scheme and month."""
+    from projections.reports import (
+        attach_pair,
+        export,
+        policy_impact_query,
+        policy_impact_totals_query,
+    )
+
+    con = attach_pair(base, whatif)
+    try:
+        click.echo("totals per fund (fen):")
+        click.echo(str(con.sql(policy_impact_totals_query())))
+        click.echo("deltas per fund, insured region, scheme and month:")
+        click.echo(str(con.sql(policy_impact_query() + f" LIMIT {int(rows)}")))
+        export(con, policy_impact_query(), csv, parquet)
+    finally:
+        con.close()
+
+
+@click.command()
+@click.argument("person")
+@click.argument("visit")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_DB_HELP)
+@click.pass_obj
+def explain(settings: Settings, person: str, visit: str, db: Path | None) -> None:
+    """Print the settlement(s) of VISIT of PERSON (a person id: it is pseudonymized with
+    YIBAO_PSEUDONYM_KEY to find the rows) with every amount and its trace."""
+    from projections.reports import explain as run_explain
+    from projections.store import open_for_query
+
+    with open_for_query(db, settings.duckdb_path) as (con, _path):
+        click.echo(run_explain(con, settings.pseudonym_key, person, visit))
+
+
+@click.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HTML file.")
+@click.option("--region", default=None, help="Only this insured region (NN0000: province).")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_DB_HELP)
+@click.pass_obj
+def chart(settings: Settings, out: str, region: str | None, db: Path | None) -> None:
+    """Write a chart of daily fund payouts by fund (HTML with inline SVG)."""
+    from projections.reports import write_chart
+    from projections.store import open_for_query
+
+    with open_for_query(db, settings.duckdb_path) as (con, _path):
+        click.echo(f"chart written: {write_chart(con, out, region)}")
+
+
+@click.command("projection-schema")
+def projection_schema() -> None:
+    """Print the DuckDB DDL of every projection table and view, with their documentation."""
+    from projections.schema import ddl
+
+    click.echo(ddl())
+
+
+COMMANDS = (project, replay, verify, reconcile, sql, report, explain, chart, projection_schema)
