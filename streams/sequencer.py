@@ -72,9 +72,11 @@ class Sequencer(TxnStage):
                 restored += 1
         for p in parts:
             self.core.restored(p)
+        first = await self.consumer.beginning_offsets(list(new)) if new else {}
         for tp in new:
             committed = await self.consumer.committed(tp)
-            self.next_offset[tp] = committed or 0
+            # where consumption resumes (retention may have removed older records)
+            self.next_offset[tp] = max(committed or 0, first.get(tp, 0))
             self.committed[tp] = committed or 0
         log.info("sequencer.assigned", partitions=len(assigned), restored=restored,
                  seconds=round(time.monotonic() - started, 3))
@@ -114,10 +116,9 @@ class Sequencer(TxnStage):
             if lso is None:
                 merge.set_caught_up(TP(tp.topic, tp.partition), False)
                 continue
+            # Only records actually seen count: consumer.position() can run ahead of what
+            # getmany has returned, and committing such an offset would skip records.
             pos = self.next_offset.get(tp, 0)
-            if pos < lso and tp not in batch:
-                pos = await consumer.position(tp)
-                self.next_offset[tp] = max(pos, self.next_offset.get(tp, 0))
             merge.set_caught_up(TP(tp.topic, tp.partition), pos >= lso)
         released = merge.pop_ready(now)
         first = merge.first_unreleased()
