@@ -33,7 +33,8 @@ Tamper = Callable[[OutputEvent], OutputEvent | None]
 
 async def simulate(settings: Settings, lines: Iterable[bytes], *, policy: Policy | None = None,
                    tamper: Tamper | None = None,
-                   on_progress: Callable[[int], None] | None = None) -> dict[str, int]:
+                   on_progress: Callable[[int], None] | None = None,
+                   chunk: int = 20_000) -> dict[str, int]:
     """Publish the pipeline's output topics for ``lines``; ``tamper`` may replace (or drop,
     with None) output events before they are written. Returns record counts per topic."""
     await create_all(settings)
@@ -79,7 +80,7 @@ async def simulate(settings: Settings, lines: Iterable[bytes], *, policy: Policy
                                                    partition=p, timestamp_ms=out.timestamp))
                 counts["settlements"] += 1
             proc.take_changes()
-            if len(pending) >= 20_000:
+            if len(pending) >= chunk:
                 await asyncio.gather(*pending)
                 if on_progress:
                     on_progress(len(pending))
