@@ -90,3 +90,33 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
     bad.write_text("name = ")
     with pytest.raises(PolicyError, match="not valid TOML"):
         load_policy(bad)
+
+
+def test_settle_with_a_regional_override_changes_only_that_region(tmp_path: Path) -> None:
+    """`yibao settle --policy`: Chongqing raises the resident inpatient rate at level 2."""
+    import json
+
+    from click.testing import CliRunner
+
+    from yibao.cli import main
+
+    examples = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+    if not examples.exists():
+        pytest.skip("spec examples not found")
+    policy = tmp_path / "cq.toml"
+    policy.write_text(
+        NATIONAL.read_text()
+        + '\n[[override]]\nregion = "500000"\nversions = ["2025"]\n'
+        + "scheme.resident.inpatient_rate = [8500, 8000, 6000]\n"
+    )
+    runner = CliRunner()
+    base = runner.invoke(main, ["settle", str(examples / "worked-events.jsonl")])
+    what_if = runner.invoke(main, ["settle", str(examples / "worked-events.jsonl"), "--policy", str(policy)])
+    assert base.exit_code == 0 and what_if.exit_code == 0, what_if.output
+    first = json.loads(what_if.stdout.splitlines()[0])
+    assert first["amounts"]["basic_fund"] == 3040000  # pct(3,800,000 fen, 80%) instead of 75%
+    assert base.stdout.splitlines()[3:] == what_if.stdout.splitlines()[3:]  # EMP-1's claims unchanged
+    bad = tmp_path / "bad.toml"
+    bad.write_text(NATIONAL.read_text().replace("outpatient_cap = 300000", "outpatient_cap = -5"))
+    result = runner.invoke(main, ["settle", str(examples / "worked-events.jsonl"), "--policy", str(bad)])
+    assert result.exit_code == 2 and "outpatient_cap" in result.output
