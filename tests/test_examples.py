@@ -86,3 +86,32 @@ def test_malformed_lines_are_dead_lettered_and_change_nothing_else(tmp_path: Pat
 def test_unreadable_input_exits_nonzero(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["settle", str(tmp_path / "missing.jsonl")])
     assert result.exit_code != 0
+
+
+def test_generated_log_dead_letters_exactly_its_malformed_lines(tmp_path: Path) -> None:
+    """Every malformed line of a generated log is dead-lettered with a reason naming a field,
+    and removing them changes no other output."""
+    import datetime as dt
+    import io
+
+    from yibao.generate import GenerateConfig, generate
+
+    buf = io.BytesIO()
+    stats = generate(GenerateConfig(households=150, seed=11, start=dt.date(2025, 1, 1),
+                                    end=dt.date(2025, 6, 30), bad_rate=0.01), buf)
+    lines = buf.getvalue().splitlines(keepends=True)
+    assert stats.malformed > 20
+    full, clean = tmp_path / "full.jsonl", tmp_path / "clean.jsonl"
+    full.write_bytes(b"".join(lines))
+    bad = set(stats.bad_lines)
+    clean.write_bytes(b"".join(x for i, x in enumerate(lines) if i not in bad))
+    dead = tmp_path / "dead.jsonl"
+    got, stderr = _settle(full, "--deadletter", str(dead))
+    want, _ = _settle(clean)
+    assert got == want
+    letters = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert sorted(d["line"] - 1 for d in letters) == sorted(bad)
+    for d in letters:
+        assert d["error"] and d["path"], d
+        assert "`" in d["error"] or d["error"].startswith("not valid JSON"), d
+    assert f"dead-lettered {stats.malformed}" in stderr
