@@ -12,7 +12,7 @@ KAFKA_LIBS := var/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live
+.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live smoke bench-replay
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -66,9 +66,17 @@ bench-live: ## live pipeline on the local broker: end-to-end events/s, raw ceili
 	$(BIN)/python -m yibao.broker up
 	$(BIN)/python bench/bench_live.py
 
-demo: ## start the local broker and run the smoke path end to end
+demo: ## broker, worker and projector up; a generated month (10,000 households) published; reports + chart
+	$(BIN)/yibao kafka up
+	$(BIN)/yibao demo
+
+smoke: ## start the local broker and run the faust smoke path end to end
 	$(BIN)/yibao kafka up
 	$(BIN)/yibao smoke
+
+bench-replay: ## replay events/s into DuckDB beside the raw consume rate of the same topics
+	$(BIN)/yibao kafka up
+	$(BIN)/python bench/bench_replay.py
 
 clean: kafka-down-quiet ## remove .venv and var/ (broker data, jars), caches
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis kafka/target

@@ -24,7 +24,8 @@ def _region_filter(col: str, region: str) -> str:
 
 def funds_query(region: str, start: dt.date, end: dt.date) -> str:
     return f"""
-        SELECT fund, scheme, sum(amount_fen) AS amount_fen, sum(claims) AS claims,
+        SELECT fund, scheme, CAST(sum(amount_fen) AS BIGINT) AS amount_fen,
+               CAST(sum(claims) AS BIGINT) AS claims,
                round(sum(amount_fen) / 100.0, 2) AS amount_yuan
         FROM fund_ledger
         WHERE {_region_filter('insured_region', region)}
@@ -36,9 +37,10 @@ def clearing_query(region: str, month: str) -> str:
     m = month.replace("'", "")
     return f"""
         SELECT CASE WHEN {_region_filter('insured_region', region)} THEN 'owes' ELSE 'is owed'
-               END AS direction, insured_region, treatment_region, month, claims, total_fen,
-               basic_fund_fen, major_illness_fen, assistance_fen, personal_account_fen,
-               family_aid_fen, owed_fen, round(owed_fen / 100.0, 2) AS owed_yuan
+               END AS direction, insured_region, treatment_region, claims, total_fen,
+               basic_fund_fen + major_illness_fen + assistance_fen AS funds_fen,
+               personal_account_fen + family_aid_fen AS accounts_fen, owed_fen,
+               round(owed_fen / 100.0, 2) AS owed_yuan
         FROM clearing
         WHERE month = '{m}' AND ({_region_filter('insured_region', region)}
                                  OR {_region_filter('treatment_region', region)})

@@ -325,4 +325,7 @@ def projection_schema() -> None:
     click.echo(ddl())
 
 
-COMMANDS = (project, replay, verify, reconcile, sql, report, explain, chart, projection_schema)
+from yibao.demo import demo  # noqa: E402
+
+COMMANDS = (project, replay, verify, reconcile, sql, report, explain, chart, projection_schema,
+            demo)

@@ -1,0 +1,160 @@
+"""`yibao demo`: the whole system on the local broker, end to end.
+
+A generated month for N households is published to the input topics (progress bar); the
+worker (sequencer + settlement processor, exactly-once) settles it; the projector projects
+ledger, settlements and dead letters into DuckDB (progress bar, from the snapshots it
+publishes); then the fund summary and a clearing report print and a chart of daily fund
+payouts by fund is written as HTML (inline SVG). Every run uses fresh topics
+(``demo-<time>-``) and a fresh projection file, ``var/demo/yibao.duckdb``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from yibao.settings import Settings
+
+
+def _expected(log: Path) -> dict[str, int]:
+    """What the projection must hold once everything is settled: file mode's counts."""
+    from rules.engine import Engine
+    from rules.fold import Fold
+    from rules.policy import load_policy
+
+    fold = Fold(Engine(load_policy()))
+    with log.open("rb") as f:
+        for line in f:
+            if line.strip():
+                fold.feed(line.rstrip(b"\r\n"))
+    c = fold.counts
+    return {"ledger": c.applied, "settlements": c.outputs, "deadletter": c.dead_lettered}
+
+
+_LEDGER = ("registrations", "enrollment_events", "visit_events", "payment_events")
+_OUTPUT = ("claims", "payment_outcomes", "rejections", "audit_flags")
+
+
+def _projected(snapshot: Path) -> dict[str, int] | None:
+    import duckdb
+
+    if not snapshot.exists():
+        return None
+    try:
+        con = duckdb.connect(str(snapshot), read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        n = {t: con.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+             for t in (*_LEDGER, *_OUTPUT, "dead_letters")}
+    finally:
+        con.close()
+    return {"ledger": sum(n[t] for t in _LEDGER), "settlements": sum(n[t] for t in _OUTPUT),
+            "deadletter": n["dead_letters"]}
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "yibao.cli", *args],
+                                env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    from streams.worker import terminate
+
+    return terminate(proc, 30.0)
+
+
+@click.command()
+@click.option("--households", type=click.IntRange(min=1), default=10_000, show_envvar=True,
+              envvar="YIBAO_DEMO_HOUSEHOLDS")
+@click.option("--month", default="2025-03", help="YYYY-MM to generate.")
+@click.option("--seed", type=int, default=1)
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("var/demo"), help="Where the log, the projection and the chart go.")
+@click.option("--timeout", type=float, default=600.0, help="Seconds to wait for the projection.")
+@click.pass_obj
+def demo(settings: Settings, households: int, month: str, seed: int, workdir: Path,
+         timeout: float) -> None:
+    """Broker, worker and projector up; a generated month published; reports and a chart."""
+    import duckdb
+
+    from projections.reports import clearing_query, funds_query, write_chart
+    from projections.store import snapshot_path
+    from streams.publish import publish_file
+    from streams.topics import create_all_sync
+    from yibao.generate import GenerateConfig, generate_to_path
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    first = dt.date.fromisoformat(month + "-01")
+    last = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+    log = workdir / f"log-h{households}-s{seed}-{month}.jsonl"
+    if not log.exists():
+        click.echo(f"generating {households:,} households, {first} .. {last} ...", err=True)
+        stats = generate_to_path(GenerateConfig(households=households, seed=seed, start=first,
+                                                end=last), str(log))
+        click.echo(stats.summary(), err=True)
+    expected = _expected(log)
+    prefix = f"demo-{int(time.time())}-"
+    s = settings.model_copy(update={"topic_prefix": prefix})
+    db = workdir / "yibao.duckdb"
+    for p in (db, db.with_name(db.name + ".wal"), snapshot_path(db)):
+        p.unlink(missing_ok=True)
+    env = {"YIBAO_BOOTSTRAP_SERVERS": s.bootstrap_servers, "YIBAO_TOPIC_PREFIX": prefix,
+           "YIBAO_PARTITIONS": str(s.partitions), "YIBAO_DUCKDB_PATH": str(db),
+           "YIBAO_LOG_FORMAT": "json", "YIBAO_PSEUDONYM_KEY": s.pseudonym_key}
+    create_all_sync(s)
+    click.echo(f"topics {prefix}*; worker and projector logs in {workdir}/", err=True)
+    worker = _spawn(["worker"], {**env, "YIBAO_WORKER_ID": "demo"}, workdir / "worker.log")
+    projector = _spawn(["project", "--snapshot-every", "1"], env, workdir / "projector.log")
+    try:
+        total = sum(1 for line in log.open("rb") if line.strip())
+        with click.progressbar(length=total, label="publishing   ", file=sys.stderr,
+                               show_pos=True) as bar:
+            publish_file(s, log, on_progress=bar.update)
+        want = sum(expected.values())
+        deadline = time.monotonic() + timeout
+        got: dict[str, int] = {}
+        with click.progressbar(length=want, label="settling and projecting", file=sys.stderr,
+                               show_pos=True) as bar:
+            done = 0
+            while time.monotonic() < deadline:
+                for name, proc in (("worker", worker), ("projector", projector)):
+                    if proc.poll() is not None:
+                        raise click.ClickException(f"the {name} exited ({proc.returncode}); see "
+                                                   f"{workdir}/{name}.log")
+                got = _projected(snapshot_path(db)) or {}
+                n = min(sum(got.values()), want)
+                bar.update(n - done)
+                done = n
+                if got == expected:
+                    break
+                time.sleep(0.5)
+        if got != expected:
+            click.echo(f"warning: projected {got}, expected {expected}", err=True)
+    finally:
+        rc_p = _stop(projector)
+        rc_w = _stop(worker)
+    click.echo(f"projector exit {rc_p}, worker exit {rc_w}; projection {db}", err=True)
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        region = con.sql("SELECT region, count(*) FROM registrations GROUP BY ALL "
+                         "ORDER BY 2 DESC, 1 LIMIT 1").fetchall()[0][0]
+        click.echo(f"\nFund summary, insured region {region}, {first} .. {last}:")
+        click.echo(str(con.sql(funds_query(region, first, last))))
+        click.echo(f"Cross-region clearing, region {region}, {month}:")
+        click.echo(str(con.sql(clearing_query(region, month))))
+        chart = write_chart(con, workdir / "daily-fund-payouts.html")
+    finally:
+        con.close()
+    click.echo(f"chart of daily fund payouts by fund: {chart}")
+    click.echo(f"query it: .venv/bin/yibao sql \"SELECT * FROM fund_ledger LIMIT 10\" --db {db}\n"
+               f"      or: duckdb -readonly {db}")
