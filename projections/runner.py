@@ -24,12 +24,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from projections.sqltransform import raw_table
 from projections.store import Offsets, Store
 from projections.transform import DEADLETTER, LEDGER, ROLES, SETTLEMENTS, Rec, Transform
 from rules.engine import Engine
 from rules.policy import Policy
 from schemas.codec import Codec
 from streams.topics import Topics
+from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
 
@@ -41,6 +43,7 @@ class RunOptions:
     max_wait_ms: int = 300  # follow: write at least this often while records arrive
     snapshot_every: float | None = None  # follow: publish a snapshot every N seconds
     policy: Policy | None = None  # what-if: re-settle the ledger under this policy
+    sql: bool = True  # rows made by DuckDB (projections.sqltransform), else by Transform
     on_total: Callable[[int], None] | None = None
     on_progress: Callable[[int], None] | None = None
     topic_wait: float = 60.0  # how long to wait for the topics to exist
@@ -65,7 +68,7 @@ class RunStats:
 
 def consumer_for(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
@@ -134,13 +137,19 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
                 return
             if whatif is not None:
                 pending[SETTLEMENTS] = whatif.settle(pending[LEDGER])
-            tables = transform.batch(pending[LEDGER], pending[SETTLEMENTS], pending[DEADLETTER])
+            if opts.sql:
+                tables: dict[str, Any] = {}
+                raw = {r: raw_table(pending[r]) for r in ROLES if pending[r]}
+            else:
+                tables = transform.batch(pending[LEDGER], pending[SETTLEMENTS],
+                                         pending[DEADLETTER])
+                raw = {}
             batch_offsets = offsets
             if writing is not None:
                 await writing
-            writing = asyncio.ensure_future(asyncio.to_thread(store.write, tables, batch_offsets))
+            writing = asyncio.ensure_future(asyncio.to_thread(store.write, tables, batch_offsets,
+                                                              raw))
             stats.writes += 1
-            stats.written_rows += sum(x.num_rows for x in tables.values())
             for r in ROLES:
                 pending[r] = []
             offsets = {}
@@ -188,6 +197,8 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
         await flush()
         if writing is not None:
             await writing
+        if not opts.follow:
+            await asyncio.to_thread(store.checkpoint)
         if opts.snapshot_every is not None:
             store.snapshot()
             stats.snapshots += 1

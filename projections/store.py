@@ -21,7 +21,10 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from projections import sqltransform
 from projections.schema import PROJECTIONS, TABLES, VIEWS, ddl
+from projections.sqltransform import install_pseudonym_macro
+from projections.transform import DEV_PSEUDONYM_KEY
 
 #: (role, partition) -> next offset to read
 Offsets = dict[tuple[str, int], int]
@@ -35,14 +38,18 @@ def snapshot_path(path: str | Path) -> Path:
 class Store:
     """The projector's (or replay's) single writer connection."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None,
+                 pseudonym_key: str | bytes = DEV_PSEUDONYM_KEY, bulk: bool = False) -> None:
         self.path = Path(path)
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path))
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
+        if bulk:  # replay: one checkpoint at the end instead of one per 16 MiB of WAL
+            self.con.execute("SET checkpoint_threshold = '8GB'")
         self.con.execute(ddl())
+        install_pseudonym_macro(self.con, pseudonym_key)
         self.name = self.con.sql("SELECT current_database()").fetchall()[0][0]
         self.last_snapshot = 0.0
 
@@ -73,12 +80,17 @@ class Store:
 
     # ---------------------------------------------------------------------- writes
 
-    def write(self, tables: Mapping[str, pa.Table], offsets: Offsets) -> None:
-        """Append every table and store the offsets they end at, in one transaction: after a
-        crash the file has either the whole batch and its offsets, or neither."""
+    def write(self, tables: Mapping[str, pa.Table], offsets: Offsets,
+              raw: Mapping[str, pa.Table] | None = None) -> None:
+        """Append every table (``tables``: rows made by :class:`Transform`; ``raw``: record
+        batches per topic that :mod:`projections.sqltransform` turns into rows) and store the
+        offsets they end at, in one transaction: after a crash the file has either the whole
+        batch and its offsets, or neither."""
         con = self.con
         con.begin()
         try:
+            if raw:
+                sqltransform.insert(con, dict(raw))
             for name, table in tables.items():
                 if name not in TABLES:
                     raise ValueError(f"no projection table {name!r}")
@@ -88,13 +100,23 @@ class Store:
                 finally:
                     con.unregister("_yibao_batch")
             if offsets:
-                con.executemany("INSERT OR REPLACE INTO _offsets VALUES (?, ?, ?)",
-                                [[t, p, o] for (t, p), o in offsets.items()])
+                items = list(offsets.items())
+                con.register("_yibao_offsets", pa.table({
+                    "topic": pa.array([t for (t, _p), _o in items], pa.string()),
+                    "partition": pa.array([p for (_t, p), _o in items], pa.int32()),
+                    "next_offset": pa.array([o for _k, o in items], pa.int64())}))
+                try:
+                    con.execute("INSERT OR REPLACE INTO _offsets SELECT * FROM _yibao_offsets")
+                finally:
+                    con.unregister("_yibao_offsets")
             con.commit()
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 con.rollback()
             raise
+
+    def checkpoint(self) -> None:
+        self.con.execute("CHECKPOINT")
 
     def snapshot(self, dest: str | Path | None = None) -> Path:
         """Publish a consistent copy of the database (atomic rename); return its path."""

@@ -436,11 +436,9 @@ class Transform:
         raw = bytes(o.trace)
         if raw == b"null":
             return None
-        ids = [o.person_id, *(d.payer_id for d in o.family_debits or ())]
-        for ident in ids:
-            b = ident.encode()
-            if b in raw:
-                raw = _id_pattern(b).sub((self.ps(ident) or "").encode(), raw)
+        for d in o.family_debits or ():  # "family <payer> pays <amount>" in the accounts step
+            pid = d.payer_id
+            raw = raw.replace(f" {pid} pays".encode(), f" {self.ps(pid)} pays".encode())
         return raw.decode()
 
     def _scrub(self, text: str | None, ident: str) -> str | None:

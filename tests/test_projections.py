@@ -19,6 +19,7 @@ from projections.reports import (
     funds_query,
     policy_impact_query,
 )
+from projections.sqltransform import raw_table
 from projections.store import Store
 from projections.transform import Pseudonyms, Rec, Transform
 from rules.engine import Engine
@@ -124,6 +125,27 @@ def test_batching_does_not_change_projection(folded: tuple[Fold, list[Rec], list
     assert {"claims", "settlements", "fund_ledger"} <= names
     claims = next(d for d in res.diffs if d.name == "claims")
     assert len(claims.only_a) == len(claims.only_b) == 1
+
+
+def test_sql_path_equals_python_transform(folded: tuple[Fold, list[Rec], list[Rec]],
+                                          tmp_path: Path) -> None:
+    """The fast path (DuckDB parses the JSON) makes exactly the reference transform's rows."""
+    _fold, ledger, outs = folded
+    dead = [Rec(0, 0, 1_735_660_800_000, b'{"origin": {"topic": "t", "partition": 1, '
+                b'"offset": 2}, "error": "bad", "path": "$.x", "raw": "{oops"}'),
+            Rec(0, 1, 1_735_660_800_001, b"not json")]
+    a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    t = Transform(KEY)
+    with Store(a) as s:
+        s.write(t.batch(ledger, outs, dead), {})
+    with Store(b, pseudonym_key=KEY) as s:
+        for i in range(0, max(len(ledger), len(outs)), 3000):
+            s.write({}, {}, raw={r: raw_table(x[i:i + 3000]) for r, x in
+                                 (("ledger", ledger), ("settlements", outs))
+                                 if x[i:i + 3000]})
+        s.write({}, {}, raw={"deadletter": raw_table(dead)})
+    res = verify(a, b)
+    assert res.identical, [(d.name, d.only_a[:2], d.only_b[:2]) for d in res.diffs]
 
 
 def test_policy_impact_query(folded: tuple[Fold, list[Rec], list[Rec]], tmp_path: Path) -> None:
