@@ -33,6 +33,7 @@ from streams.publish import publish_lines
 from streams.topics import Topics, create_all
 from streams.worker import spawn, terminate
 from yibao.kafka_io import create_topics
+from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ async def count_until(settings: Settings, topic: str, target: int, timeout: floa
     """Read ``topic`` (read_committed) from the beginning until ``target`` records; return
     the monotonic time when the last one arrived."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=None,
+        **client_options(settings), group_id=None,
         isolation_level="read_committed", auto_offset_reset="earliest",
         fetch_max_wait_ms=10, enable_auto_commit=False,
     )
@@ -99,13 +100,13 @@ async def raw_ceiling(settings: Settings, n_records: int) -> float:
     """Plain aiokafka consume (4 input topics) → produce (a sink topic); records/s."""
     t = Topics.of(settings)
     sink = t.name("bench-raw-sink")
-    await create_topics(settings.bootstrap_servers, [sink], partitions=settings.partitions)
+    await create_topics(settings, [sink], partitions=settings.partitions)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=None,
+        **client_options(settings), group_id=None,
         auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=10,
         max_partition_fetch_bytes=2 * 1024 * 1024,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+    producer = AIOKafkaProducer(**client_options(settings), acks="all",
                                 enable_idempotence=True, linger_ms=5,
                                 max_batch_size=512 * 1024)
     await consumer.start()
@@ -143,7 +144,7 @@ async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float
     got: dict[str, float] = {}
     topic = Topics.of(settings).settlements
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=None,
+        **client_options(settings), group_id=None,
         isolation_level="read_committed", fetch_max_wait_ms=2, enable_auto_commit=False,
     )
     await consumer.start()

@@ -31,7 +31,6 @@ from rules.engine import Engine
 from rules.policy import Policy
 from schemas.codec import Codec
 from streams.topics import Topics
-from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
 
@@ -68,7 +67,7 @@ class RunStats:
 
 def consumer_for(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        **client_options(settings),
+        bootstrap_servers=settings.bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",

@@ -26,6 +26,7 @@ from schemas.events import OutputEvent
 from streams.cores import DeadLetterAppend, ProcessorCore, SequencerCore
 from streams.merge import TP, Record
 from streams.topics import create_all
+from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
 Tamper = Callable[[OutputEvent], OutputEvent | None]
@@ -48,7 +49,7 @@ async def simulate(settings: Settings, lines: Iterable[bytes], *, policy: Policy
     for p in range(n):
         seq.assign(p)
         proc.assign(p)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+    producer = AIOKafkaProducer(**client_options(settings), acks="all",
                                 linger_ms=20, max_batch_size=1024 * 1024,
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()

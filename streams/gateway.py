@@ -29,6 +29,7 @@ from schemas.events import ClaimRejected, ClaimSettled, EventRejected, InputEven
 from schemas.exceptions import SchemaError
 from streams.publish import TOPICS_ORDER, new_seq_base, seq_header
 from streams.topics import Topics
+from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
 Outcome = ClaimSettled | ClaimRejected | EventRejected
@@ -47,7 +48,7 @@ class Gateway:
         self.topics = Topics.of(settings)
         self.codec = codec or Codec()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, acks="all",
+            **client_options(settings), acks="all",
             enable_idempotence=True, linger_ms=linger_ms,
         )
         self._consumer: AIOKafkaConsumer | None = None
@@ -67,7 +68,7 @@ class Gateway:
         for short in TOPICS_ORDER:
             await self._producer.partitions_for(self.topics.name(short))
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
+            **client_options(self.settings), group_id=None,
             enable_auto_commit=False, isolation_level="read_committed",
             fetch_max_wait_ms=5,
         )

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.events import TOPIC_OF
 from streams.topics import Topics
+from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
 SEQ_HEADER = "yibao-seq"
@@ -89,7 +90,7 @@ def new_seq_base() -> int:
 
 def producer_config(settings: Settings) -> dict[str, Any]:
     return {
-        "bootstrap_servers": settings.bootstrap_servers,
+        **client_options(settings),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
@@ -161,7 +162,7 @@ async def read_topic(settings: Settings, topic: str, *, timeout: float = 60.0
     """Every committed record of ``topic`` from the beginning to its current end offsets, as
     (partition, offset, key, value), partition by partition in offset order."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",

@@ -42,6 +42,7 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.partitioner import murmur2
 
+from yibao.kafka_security import KafkaTarget, client_options
 from yibao.logging import get_logger
 
 log = get_logger("yibao.streams")
@@ -49,7 +50,7 @@ log = get_logger("yibao.streams")
 
 @dataclass(frozen=True)
 class StageConfig:
-    bootstrap: str
+    bootstrap: KafkaTarget  # the Settings (security options), or a PLAINTEXT host:port
     group_id: str
     transactional_id: str
     poll_ms: int = 100
@@ -99,7 +100,7 @@ class SingletonAssignor(AbstractPartitionAssignor):
 def make_consumer(cfg: StageConfig, topics: list[str], assignor: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=cfg.bootstrap,
+        **client_options(cfg.bootstrap),
         group_id=cfg.group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -114,7 +115,7 @@ def make_consumer(cfg: StageConfig, topics: list[str], assignor: Any) -> AIOKafk
 
 def make_producer(cfg: StageConfig) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=cfg.bootstrap,
+        **client_options(cfg.bootstrap),
         transactional_id=cfg.transactional_id,
         enable_idempotence=True,
         acks="all",
@@ -170,7 +171,7 @@ class Outbox:
 
 
 async def read_changelog(
-    bootstrap: str, topic: str, partitions: Iterable[int], *, timeout: float = 120.0
+    bootstrap: KafkaTarget, topic: str, partitions: Iterable[int], *, timeout: float = 120.0
 ) -> list[tuple[int, bytes, bytes | None]]:
     """(partition, key, value) of every committed record of ``topic``'s ``partitions``, in
     offset order per partition, up to the current last stable offset."""
@@ -178,7 +179,7 @@ async def read_changelog(
     if not tps:
         return []
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_options(bootstrap),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",

@@ -32,6 +32,7 @@ from typing import Any
 import faust
 
 from yibao.kafka_io import consume, create_topics, produce
+from yibao.kafka_security import faust_credentials, security_env
 from yibao.settings import Settings
 
 __all__ = ["SmokeResult", "create_app", "in_topic", "out_topic", "run_smoke", "start_worker"]
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, datadir: str | Path | None = None) -> faus
     app = faust.App(
         f"{settings.topic_prefix}smoke",
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=str(datadir or Path(tempfile.gettempdir()) / "yibao-faust"),
         web_enabled=False,
@@ -84,6 +86,7 @@ def start_worker(
         "YIBAO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "YIBAO_TOPIC_PREFIX": settings.topic_prefix,
         "YIBAO_PARTITIONS": str(settings.partitions),
+        **security_env(settings),
     }
     with log_file.open("ab") as out:
         return subprocess.Popen(
@@ -177,7 +180,7 @@ def run_smoke(
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         work = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        bootstrap = run.bootstrap_servers
+        bootstrap = run  # the settings: client options with their security
         asyncio.run(create_topics(bootstrap, [in_topic(run), out_topic(run)], partitions=partitions))
         asyncio.run(produce(bootstrap, in_topic(run), records))
         log_file = work / "smoke-worker.log"

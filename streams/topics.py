@@ -77,11 +77,10 @@ class Topics:
 async def create_all(settings: Settings) -> list[str]:
     """Create every topic of the pipeline that doesn't exist yet (idempotent)."""
     t = Topics.of(settings)
-    bootstrap = settings.bootstrap_servers
     n = settings.partitions
-    await create_topics(bootstrap, [*t.inputs, t.deadletter], partitions=n)
-    await create_topics(bootstrap, [t.ledger, t.settlements], partitions=n, config=FOREVER)
-    await create_topics(bootstrap, t.changelogs, partitions=n, config=COMPACTED)
+    await create_topics(settings, [*t.inputs, t.deadletter], partitions=n)
+    await create_topics(settings, [t.ledger, t.settlements], partitions=n, config=FOREVER)
+    await create_topics(settings, t.changelogs, partitions=n, config=COMPACTED)
     return [*t.inputs, t.ledger, t.settlements, t.deadletter, *t.changelogs]
 
 

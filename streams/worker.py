@@ -24,6 +24,7 @@ from streams.processor import Processor
 from streams.runtime import StageConfig, TxnStage, log
 from streams.sequencer import Sequencer
 from streams.topics import Topics, create_all
+from yibao.kafka_security import security_env
 from yibao.settings import Settings
 
 
@@ -44,7 +45,7 @@ def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
 
     def cfg(stage: str) -> StageConfig:
         return StageConfig(
-            bootstrap=settings.bootstrap_servers,
+            bootstrap=settings,
             group_id=topics.group(stage),
             transactional_id=f"{topics.group(stage)}-{opts.worker_id}",
             transaction_timeout_ms=opts.transaction_timeout_ms,
@@ -109,6 +110,7 @@ def spawn(
         "YIBAO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "YIBAO_TOPIC_PREFIX": settings.topic_prefix,
         "YIBAO_PARTITIONS": str(settings.partitions),
+        **security_env(settings),
         "YIBAO_WORKER_ID": worker_id,
         "YIBAO_LOG_FORMAT": "json",
         **(env or {}),

@@ -162,6 +162,16 @@ class BrokerConfig:
     home: Path = field(default_factory=lambda: project_root() / "var" / "kafka")
     libs: Path = field(default_factory=lambda: project_root() / "var" / "kafka" / "libs")
     heap: str = "512m"
+    # An optional second client listener, SASL_SSL with SCRAM-SHA-256/512 (tests of client
+    # security; see yibao.testing.secured_kafka). Inter-broker and controller traffic stay on
+    # the PLAINTEXT listeners of this single node.
+    secure_port: int = 0
+    """0: no SASL_SSL listener."""
+    tls_keystore: Path | None = None
+    """PEM file with the server's private key (PKCS#8, unencrypted) and certificate chain."""
+    scram_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """(name, password) SCRAM-SHA-256 and -512 credentials written into the metadata log
+    at format time (StorageTool ``--add-scram``)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerConfig:
@@ -179,6 +189,11 @@ class BrokerConfig:
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def secure_bootstrap(self) -> str | None:
+        """host:port of the SASL_SSL listener, if there is one."""
+        return f"{self.host}:{self.secure_port}" if self.secure_port else None
 
     @property
     def base(self) -> Path:
@@ -231,20 +246,50 @@ class BrokerStatus:
         return f"kafka not running on {where}"
 
 
+_SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+_SCRAM_JAAS = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
+def _secure_listener(c: BrokerConfig) -> str:
+    """SASL_SSL (SCRAM) listener settings, all scoped to it with ``listener.name.sasl_ssl.``."""
+    if not c.secure_port:
+        return ""
+    if c.tls_keystore is None:
+        raise BrokerError("a SASL_SSL listener (secure_port) needs tls_keystore, a PEM key + certificate")
+    p = "listener.name.sasl_ssl."
+    jaas = "".join(f"{p}{m.lower()}.sasl.jaas.config={_SCRAM_JAAS}\n" for m in _SCRAM_MECHANISMS)
+    return f"""
+# SASL_SSL client listener: TLS with a PEM keystore, SCRAM users from the metadata log.
+sasl.enabled.mechanisms={",".join(_SCRAM_MECHANISMS)}
+{p}sasl.enabled.mechanisms={",".join(_SCRAM_MECHANISMS)}
+{jaas}{p}ssl.keystore.type=PEM
+{p}ssl.keystore.location={c.tls_keystore}
+{p}ssl.client.auth=none
+{p}ssl.enabled.protocols=TLSv1.3,TLSv1.2
+"""
+
+
 def _server_properties(c: BrokerConfig) -> str:
+    listeners = f"PLAINTEXT://{c.host}:{c.port},CONTROLLER://{c.host}:{c.controller_port}"
+    advertised = f"PLAINTEXT://{c.host}:{c.port}"
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if c.secure_port:
+        listeners += f",SASL_SSL://{c.host}:{c.secure_port}"
+        advertised += f",SASL_SSL://{c.host}:{c.secure_port}"
+        protocols += ",SASL_SSL:SASL_SSL"
     return f"""\
 # Written by yibao.broker for a single-node KRaft dev/test broker. Do not edit: regenerated
 # on every `yibao kafka up`.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{c.host}:{c.controller_port}
-listeners=PLAINTEXT://{c.host}:{c.port},CONTROLLER://{c.host}:{c.controller_port}
-advertised.listeners=PLAINTEXT://{c.host}:{c.port}
+listeners={listeners}
+advertised.listeners={advertised}
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map={protocols}
 log.dirs={c.data_dir}
-
+{_secure_listener(c)}
 # A 2-core box: few threads.
 num.network.threads=2
 num.io.threads=4
@@ -290,8 +335,13 @@ log4j.logger.org.apache.kafka.controller=INFO
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: a random UUID, URL-safe base64 without padding (22 chars)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: a random UUID, URL-safe base64 without padding (22 chars). Not one
+    starting with "-" (1 in 64): the storage tool would read it as an option (Kafka's own
+    Uuid.randomUuid() skips those too)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def _pid_alive(pid: int) -> bool:
@@ -399,9 +449,15 @@ class LocalBroker:
             "--config",
             str(c.config_file),
         ]
+        for name, password in c.scram_users:
+            for mechanism in _SCRAM_MECHANISMS:
+                cmd += ["--add-scram", f'{mechanism}=[name={name},password="{password}"]']
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise BrokerError(f"formatting {c.data_dir} failed:\n{done.stdout}{done.stderr}".rstrip())
+            output = f"{done.stdout}{done.stderr}"
+            for _name, password in c.scram_users:
+                output = output.replace(password, "***")
+            raise BrokerError(f"formatting {c.data_dir} failed:\n{output}".rstrip())
         log.info("kafka.formatted", data_dir=str(c.data_dir))
 
     def _tail(self, lines: int = 30) -> str:
@@ -450,7 +506,7 @@ class LocalBroker:
             log.info("kafka.already_answering", bootstrap=c.bootstrap, note="not started by yibao")
             return existing, False
         jvm = self._jvm()  # checks java and the jars before anything else
-        for port in (c.port, c.controller_port):
+        for port in (c.port, c.controller_port, *([c.secure_port] if c.secure_port else [])):
             if _port_open(c.host, port):
                 raise BrokerError(
                     f"port {c.host}:{port} is taken by something that is not a Kafka broker; "

@@ -81,6 +81,23 @@ def kafka_status(settings: Settings) -> None:
         raise SystemExit(1)
 
 
+@kafka.command("check")
+@click.option("--timeout", type=float, default=10.0, help="Seconds per server.")
+@click.pass_obj
+def kafka_check(settings: Settings, timeout: float) -> None:
+    """Connect to YIBAO_BOOTSTRAP_SERVERS with the configured security (TLS, SASL) and say
+    whether it works, and if not, why; exit 1 on failure."""
+    import asyncio
+
+    from yibao.kafka_security import KafkaAccessError, KafkaSecurityError, probe
+
+    try:
+        click.echo(asyncio.run(probe(settings, timeout)))
+    except (KafkaAccessError, KafkaSecurityError) as e:
+        click.echo(f"kafka check failed: {e}", err=True)
+        raise SystemExit(1) from e
+
+
 # -- demo -----------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 Used by the smoke demo (``yibao smoke``), the tests and any tool that needs to poke a topic.
 Keys and values are bytes (or str, encoded as UTF-8); serialization is the caller's business.
+``bootstrap`` is a ``"host:port"`` string (PLAINTEXT) or the ``Settings`` (with their
+security options, see :mod:`yibao.kafka_security`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from yibao.kafka_security import KafkaTarget, client_options
+
 __all__ = ["as_bytes", "consume", "create_topics", "produce"]
 
 Data = bytes | str | None
@@ -24,7 +28,7 @@ def as_bytes(value: Data) -> bytes | None:
 
 
 async def create_topics(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     names: Iterable[str],
     *,
     partitions: int = 1,
@@ -32,7 +36,7 @@ async def create_topics(
     config: dict[str, str] | None = None,
 ) -> None:
     """Create the topics that don't exist yet, and wait until they are usable."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         wanted = list(names)
@@ -59,13 +63,13 @@ async def create_topics(
 
 
 async def produce(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     topic: str,
     records: Iterable[tuple[Data, Data]],
     **producer_config: object,
 ) -> int:
     """Send ``(key, value)`` records to ``topic`` (acks=all) and flush; return how many."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **producer_config)
+    producer = AIOKafkaProducer(**client_options(bootstrap), acks="all", **producer_config)
     await producer.start()
     n = 0
     try:
@@ -81,7 +85,7 @@ async def produce(
 
 
 async def consume(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     topics: str | Sequence[str],
     *,
     until: Callable[[list[ConsumerRecord]], bool] | int,
@@ -99,7 +103,7 @@ async def consume(
         done = until
     consumer = AIOKafkaConsumer(
         *names,
-        bootstrap_servers=bootstrap,
+        **client_options(bootstrap),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

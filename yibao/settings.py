@@ -13,17 +13,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
 
 
 class Settings(BaseSettings):
     """Every field ``foo`` is read from ``YIBAO_FOO`` (case-insensitive)."""
 
-    model_config = SettingsConfigDict(env_prefix="YIBAO_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="YIBAO_", frozen=True, extra="ignore",
+        hide_input_in_errors=True,  # a validation error must never print the SASL password
+    )
 
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
@@ -40,6 +45,32 @@ class Settings(BaseSettings):
     )
     log_format: LogFormat = Field(default="auto", description="auto: JSON lines unless stderr is a terminal.")
     log_level: LogLevel = "info"
+
+    # How every Kafka client authenticates and encrypts (yibao.kafka_security builds the
+    # aiokafka options from these). PLAINTEXT is for the local development broker only.
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS)."
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        default="SCRAM-SHA-256", description="SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN (PLAIN: only over TLS)."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user (SASL_* protocols).")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password; a SecretStr, shown as '**********' in logs and reprs."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, description="PEM CA bundle the broker's certificate is checked against; default: the "
+        "system's trust store."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate (TLS client authentication, optional)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of the client certificate."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, description="Check that the broker's certificate names the host connected to."
+    )
 
     # The local development broker (`yibao kafka up`, `make kafka-up`, the test fixture).
     kafka_host: str = "127.0.0.1"
@@ -61,6 +92,44 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile",
+                     "kafka_ssl_certfile", "kafka_ssl_keyfile", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _security_is_consistent(self) -> Settings:
+        """Refuse half-configured security instead of silently connecting in the clear."""
+        protocol = self.kafka_security_protocol
+        sasl, tls = protocol.startswith("SASL_"), protocol in ("SSL", "SASL_SSL")
+        where = f"YIBAO_KAFKA_SECURITY_PROTOCOL={protocol}"
+        if sasl and not self.kafka_sasl_username:
+            raise ValueError(f"YIBAO_KAFKA_SASL_USERNAME is required with {where}")
+        if sasl and (self.kafka_sasl_password is None or not self.kafka_sasl_password.get_secret_value()):
+            raise ValueError(f"YIBAO_KAFKA_SASL_PASSWORD is required with {where}")
+        if not sasl and (self.kafka_sasl_username or self.kafka_sasl_password is not None):
+            raise ValueError(
+                f"YIBAO_KAFKA_SASL_USERNAME/PASSWORD are set but {where} does not use SASL "
+                "(use SASL_SSL, or SASL_PLAINTEXT on a trusted network)"
+            )
+        files = {
+            "YIBAO_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "YIBAO_KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "YIBAO_KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+        }
+        if not tls and any(files.values()):
+            names = ", ".join(k for k, v in files.items() if v)
+            raise ValueError(f"{names} set but {where} does not use TLS (use SSL or SASL_SSL)")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("YIBAO_KAFKA_SSL_KEYFILE is set without YIBAO_KAFKA_SSL_CERTFILE")
+        return self
 
     @model_validator(mode="before")
     @classmethod

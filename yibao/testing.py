@@ -14,14 +14,21 @@ namespaces, and async produce/consume/create-topic helpers (re-exported from
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from yibao.broker import BrokerConfig, LocalBroker
+from pydantic import SecretStr
+
+from yibao.broker import BrokerConfig, LocalBroker, project_root
 from yibao.kafka_io import consume, create_topics, produce
 from yibao.logging import get_logger
 from yibao.settings import Settings
@@ -32,6 +39,8 @@ __all__ = [
     "docker_available",
     "kafka_for_tests",
     "produce",
+    "secured_kafka",
+    "throwaway_pki",
     "unique_prefix",
 ]
 
@@ -114,3 +123,109 @@ def kafka_for_tests(settings: Settings | None = None) -> Iterator[str]:
     finally:
         if started:
             broker.down()
+
+
+# -- a broker with a SASL_SSL + SCRAM listener, for tests of client security -----------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A throwaway CA and a server certificate it signed (PEM files in one folder)."""
+
+    ca_cert: Path
+    server_keystore: Path  # PKCS#8 private key + certificate: Kafka's PEM keystore file
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {done.stderr.strip()}")
+
+
+def throwaway_pki(folder: Path, host: str = "127.0.0.1", days: int = 2) -> Pki:
+    """Generate a CA and a server certificate for ``host`` (IP or DNS name in subjectAltName)
+    with the ``openssl`` CLI. Keys are unencrypted and live only in ``folder``."""
+    if shutil.which("openssl") is None:
+        raise RuntimeError("the `openssl` command is needed to generate test certificates")
+    folder.mkdir(parents=True, exist_ok=True)
+    rsa = ["-newkey", "rsa:2048", "-nodes"]
+    _openssl("req", "-x509", *rsa, "-keyout", "ca.key", "-out", "ca.pem", "-days", str(days),
+             "-subj", "/CN=yibao throwaway test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
+    _openssl("req", *rsa, "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={host}",
+             cwd=folder)
+    san = f"IP:{host}" if _is_ip(host) else f"DNS:{host}"
+    (folder / "server.ext").write_text(
+        f"subjectAltName={san},DNS:localhost\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", str(days), "-extfile", "server.ext",
+             cwd=folder)
+    keystore = folder / "server-keystore.pem"
+    keystore.write_text((folder / "server.key").read_text() + (folder / "server.pem").read_text())
+    for secret in ("ca.key", "server.key", "server-keystore.pem"):
+        (folder / secret).chmod(0o600)
+    return Pki(ca_cert=folder / "ca.pem", server_keystore=keystore)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class SecuredKafka:
+    """A running broker with a SASL_SSL listener; ``settings(user, password)`` connects to it."""
+
+    plaintext_bootstrap: str
+    secure_bootstrap: str
+    ca_cert: Path
+    users: dict[str, str] = field(repr=False)
+
+    def settings(self, username: str, password: str | None = None, **kw: Any) -> Settings:
+        return Settings(
+            bootstrap_servers=self.secure_bootstrap,
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism=kw.pop("kafka_sasl_mechanism", "SCRAM-SHA-256"),
+            kafka_sasl_username=username,
+            kafka_sasl_password=SecretStr(self.users[username] if password is None else password),
+            kafka_ssl_cafile=self.ca_cert,
+            **kw,
+        )
+
+
+@contextlib.contextmanager
+def secured_kafka(folder: Path, users: dict[str, str], *, heap: str = "384m") -> Iterator[SecuredKafka]:
+    """Start a throwaway single-node broker in ``folder`` (free ports) with a PLAINTEXT and a
+    SASL_SSL listener (SCRAM-SHA-256/512 ``users``, a fresh CA); stop it at the end."""
+    base = Settings()
+    pki = throwaway_pki(folder / "pki")
+    config = BrokerConfig(
+        host="127.0.0.1",
+        port=free_port(),
+        controller_port=free_port(),
+        home=folder / "kafka",
+        libs=(base.kafka_libs or project_root() / "var" / "kafka" / "libs").resolve(),
+        heap=heap,
+        secure_port=free_port(),
+        tls_keystore=pki.server_keystore,
+        scram_users=tuple(users.items()),
+    )
+    broker = LocalBroker(config)
+    broker.up()
+    try:
+        assert config.secure_bootstrap is not None
+        yield SecuredKafka(config.bootstrap, config.secure_bootstrap, pki.ca_cert, dict(users))
+    finally:
+        broker.down()
