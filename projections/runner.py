@@ -31,6 +31,7 @@ from rules.engine import Engine
 from rules.policy import Policy
 from schemas.codec import Codec
 from streams.topics import Topics
+from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
 
@@ -67,7 +68,7 @@ class RunStats:
 
 def consumer_for(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
