@@ -214,12 +214,33 @@ def _query_cmd(settings: Settings, db: Path | None, query: str, csv: str | None,
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_DB_HELP)
 @click.option("--csv", default=None, help="Also write the result as CSV.")
 @click.option("--parquet", default=None, help="Also write the result as Parquet.")
+@click.option("--region", default=None, help="A bureau's view: only this region's rows (6 digits; "
+              "NN0000 = the province), in a locked-down in-memory copy (see README, Security).")
 @click.pass_obj
 def sql(settings: Settings, query: str, db: Path | None, csv: str | None,
-        parquet: str | None) -> None:
+        parquet: str | None, region: str | None) -> None:
     """Run a SQL QUERY on the projections, read-only (consistent: the latest snapshot while
     the projector runs)."""
-    _query_cmd(settings, db, query, csv, parquet)
+    if region is None:
+        _query_cmd(settings, db, query, csv, parquet)
+        return
+    import duckdb
+
+    from projections.access import RegionError, open_region_for_query, write_result
+
+    try:
+        con, path = open_region_for_query(db, settings.duckdb_path, region)
+    except (RegionError, duckdb.Error, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        click.echo(f"-- {path}, region {region}", err=True)
+        rel = con.sql(query)
+        click.echo(str(rel))
+        write_result(rel, csv, parquet)
+    except duckdb.Error as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        con.close()
 
 
 @click.group()
