@@ -227,6 +227,29 @@ def test_reconcile_finds_planted_difference_and_policy_whatif(
     assert resident and all(int(r.split(",")[6]) > 0 for r in resident)
     assert not [r for r in rows[1:] if r.startswith("basic_pooled_employee,")]
 
+    # --until: only what occurred up to then; the reports read the files given
+    early = tmp_path / "early.duckdb"
+    res = runner.invoke(cli, ["replay", "--into", str(early), "--quiet", "--until",
+                              "2025-03-10"], env=env)
+    assert res.exit_code == 0, res.output
+    con = duckdb.connect(str(early), read_only=True)
+    last = con.sql("SELECT max(occurred_at) FROM visit_events").fetchall()[0][0]
+    n_early = con.sql("SELECT count(*) FROM claims").fetchall()[0][0]
+    region = con.sql("SELECT insured_region FROM claims LIMIT 1").fetchall()[0][0]
+    con.close()
+    assert last < dt.datetime(2025, 3, 10, 16, tzinfo=dt.UTC)
+    assert 0 < n_early < counts(base)["claims"]
+    pq, cl = tmp_path / "funds.parquet", tmp_path / "clearing.csv"
+    res = runner.invoke(cli, ["report", "funds", "--region", region, "--from", "2025-03-01",
+                              "--to", "2025-03-31", "--db", str(base), "--parquet", str(pq)],
+                        env=env)
+    assert res.exit_code == 0 and "basic_pooled" in res.output, res.output
+    assert duckdb.sql(f"SELECT count(*) FROM '{pq}'").fetchall()[0][0] > 0
+    res = runner.invoke(cli, ["report", "clearing", "--region", region, "--month", "2025-03",
+                              "--db", str(base), "--csv", str(cl)], env=env)
+    assert res.exit_code == 0, res.output
+    assert cl.read_text().startswith("direction,insured_region,treatment_region")
+
 
 @pytest.mark.timeout(180)
 def test_live_pipeline_projection_equals_replay(
