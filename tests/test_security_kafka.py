@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
@@ -115,3 +116,28 @@ def test_a_broker_certificate_from_another_ca_is_refused(secure: SecuredKafka) -
                  kafka_sasl_username="settler", kafka_sasl_password=SecretStr(USERS["settler"]))
     with pytest.raises(KafkaAccessError, match=r"TLS handshake .* failed.*(?i:certificate.verify.failed)"):
         asyncio.run(probe(s))
+
+
+@pytest.mark.timeout(150)
+def test_live_pipeline_runs_over_sasl_ssl(secure: SecuredKafka, tmp_path: Path) -> None:
+    """Worker (transactions, consumer groups, changelogs), publisher and export, all over
+    SASL_SSL + SCRAM: the same settlements as file mode."""
+    from test_pipeline_kafka import assert_same_outputs, lines_of, settle, wait_for
+
+    from streams.publish import publish_lines
+    from streams.topics import create_all
+    from streams.worker import spawn, terminate
+
+    s = secure.settings("settler", topic_prefix=unique_prefix(), partitions=2)
+    lines = lines_of("worked")
+    expected = settle(lines, tmp_path)
+    asyncio.run(create_all(s))
+    asyncio.run(publish_lines(s, lines))
+    log = tmp_path / "worker.log"
+    proc = spawn(s, worker_id="0", log_file=log, env={"YIBAO_MERGE_WAIT_MS": "300"})
+    try:
+        live = wait_for(s, len(expected), [proc], [log], timeout=90)
+    finally:
+        terminate(proc)
+    assert_same_outputs(live, expected)
+    assert USERS["settler"] not in log.read_text(errors="replace")
