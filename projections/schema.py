@@ -281,7 +281,8 @@ VIEWS: dict[str, tuple[str, str]] = {
             FROM visit_events WHERE type = 'VisitOpened'),
         ev AS (
             SELECT person_key, visit_id,
-                   sum(amount_fen) FILTER (WHERE type IN ('PrescriptionIssued', 'ItemsCharged'))
+                   CAST(sum(amount_fen) FILTER (WHERE type IN ('PrescriptionIssued',
+                                                               'ItemsCharged')) AS BIGINT)
                        AS charged_fen,
                    max(at_time) FILTER (WHERE type = 'VisitClosed') AS closed_at
             FROM visit_events GROUP BY ALL),
@@ -400,7 +401,7 @@ VIEWS: dict[str, tuple[str, str]] = {
     """),
 }
 
-_SUM = re.compile(r"\bsum\(((?:[^()]|\([^()]*\))*)\)(?= AS )")
+_SUM = re.compile(r"\bsum\(((?:[^()]|\([^()]*\))*)\)(?=\s+AS\s)")
 #: money sums as BIGINT (DuckDB's sum of BIGINT is HUGEINT, awkward in CSV/Parquet/pandas)
 VIEWS = {name: (doc, _SUM.sub(r"CAST(sum(\1) AS BIGINT)", sql)) for name, (doc, sql) in VIEWS.items()}
 
