@@ -98,6 +98,31 @@ def snapshot_totals(db: Path) -> dict[str, int] | None:
         return None
 
 
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(autouse=True)
+def _drop_topics(kafka_settings: Settings) -> Iterator[None]:
+    """Each test's topics go away after it: a shared dev broker holding every test run's
+    partitions runs out of file descriptors."""
+    yield
+    import asyncio
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        asyncio.run(_delete_topics(kafka_settings.bootstrap_servers, kafka_settings.topic_prefix))
+
+
 @pytest.fixture
 def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
