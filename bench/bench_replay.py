@@ -83,7 +83,7 @@ def main() -> None:
         p.unlink(missing_ok=True)
     with Store(db, pseudonym_key=settings.pseudonym_key, bulk=True) as store:
         stats = asyncio.run(run(settings, store, Transform(settings.pseudonym_key),
-                                RunOptions(max_records=50000)))
+                                RunOptions(max_records=200_000)))
         rows = sum(store.counts().values())
     n2, s2 = asyncio.run(raw_consume(settings))
     raw = max(n1 / s1, n2 / s2)

@@ -185,7 +185,8 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
                         todo.discard(tp)
             now = time.monotonic()
             if n_pending and (n_pending >= opts.max_records or (not todo and not opts.follow)
-                              or now - first_pending >= opts.max_wait_ms / 1000):
+                              or (opts.follow
+                                  and now - first_pending >= opts.max_wait_ms / 1000)):
                 await flush()
             if (opts.snapshot_every is not None
                     and now - store.last_snapshot >= opts.snapshot_every):

@@ -107,7 +107,7 @@ def _parse_ts(value: str | None) -> int | None:
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
               default=None, help="What-if: re-settle the ledger under this policy TOML instead of "
                                  "reading the recorded settlements.")
-@click.option("--max-records", type=click.IntRange(min=1), default=100_000,
+@click.option("--max-records", type=click.IntRange(min=1), default=200_000,
               help="Records per write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
