@@ -6,11 +6,19 @@ share state.
 
 | topic | key | kept |
 |---|---|---|
-| registrations, visits, prescriptions, payments | person_id | broker default |
+| registrations, visits, prescriptions, payments | person_id | forever |
 | ledger | household_id (person_id while unregistered) | forever |
 | settlements | household_id | forever |
-| deadletter | the input's key | broker default |
+| deadletter | the input's key | forever |
 | sequencer-dedup/-persons-changelog, processor-households-changelog | store key | compacted |
+
+Why inputs and dead letters are kept forever too: a record's timestamp is its event time
+(``occurred_at``), and the broker's time retention (7 days by default) counts from it, so a
+backfill or a replay of events older than that was deleted by the next retention check
+(every 5 minutes), read or not: the sequencer lost the records it had not read yet and then
+waited for them for ever (its position stayed below the new log start), and the dead
+letters of old events vanished before any audit. Purge inputs below the sequencer group's
+committed offsets (``kafka-delete-records``) if disk matters.
 """
 
 from __future__ import annotations
@@ -78,8 +86,8 @@ async def create_all(settings: Settings) -> list[str]:
     """Create every topic of the pipeline that doesn't exist yet (idempotent)."""
     t = Topics.of(settings)
     n = settings.partitions
-    await create_topics(settings, [*t.inputs, t.deadletter], partitions=n)
-    await create_topics(settings, [t.ledger, t.settlements], partitions=n, config=FOREVER)
+    await create_topics(settings, [*t.inputs, t.deadletter, t.ledger, t.settlements],
+                        partitions=n, config=FOREVER)
     await create_topics(settings, t.changelogs, partitions=n, config=COMPACTED)
     return [*t.inputs, t.ledger, t.settlements, t.deadletter, *t.changelogs]
 
