@@ -34,6 +34,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def kafka_bootstrap() -> Iterator[str]:
     with testing.kafka_for_tests() as bootstrap:
         yield bootstrap
+        # Leave a reused broker as we found it: delete this session's topics (best effort).
+        try:
+            asyncio.run(testing.delete_topics_with_prefixes(bootstrap, testing.ISSUED_PREFIXES))
+        except Exception as exc:  # a cleanup failure must not fail the run
+            print(f"warning: could not delete the session's test topics: {exc}")
 
 
 @pytest.fixture

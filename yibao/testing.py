@@ -49,9 +49,39 @@ log = get_logger("yibao.testing")
 DEFAULT_TEST_IMAGE = "confluentinc/cp-kafka:7.9.0"  # Kafka 3.9
 
 
+#: Every prefix handed out in this process, so a test session can delete its topics at the end.
+ISSUED_PREFIXES: list[str] = []
+
+
 def unique_prefix(tag: str = "t") -> str:
     """A fresh topic/app-id namespace, e.g. ``t-1f2e3d4c-``."""
-    return f"{tag}-{uuid.uuid4().hex[:8]}-"
+    prefix = f"{tag}-{uuid.uuid4().hex[:8]}-"
+    ISSUED_PREFIXES.append(prefix)
+    return prefix
+
+
+async def delete_topics_with_prefixes(bootstrap: str, prefixes: list[str]) -> int:
+    """Delete the topics under ``prefixes``; returns how many.
+
+    Why: every test namespaces its topics, and a broker that outlives test sessions (a
+    developer's ``make kafka-up``) otherwise accumulates thousands of partition folders
+    until it cannot open them all ("Too many open files") and will not start.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from yibao.kafka_security import client_options
+
+    if not prefixes:
+        return 0
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
+        for i in range(0, len(doomed), 100):
+            await admin.delete_topics(doomed[i : i + 100])
+        return len(doomed)
+    finally:
+        await admin.close()
 
 
 def docker_available(timeout: float = 2.0) -> bool:
