@@ -40,6 +40,11 @@ class Codec:
                 if upcast is not None:
                     return upcast
             raise SchemaError(_describe(exc), _path(str(exc))) from None
+        except UnicodeDecodeError as exc:  # msgspec raises it for bad UTF-8 inside a string
+            raise SchemaError(f"not valid JSON: invalid UTF-8 ({exc.reason} at byte {exc.start})",
+                              "$") from None
+        except RecursionError:  # nesting thousands deep
+            raise SchemaError("not valid JSON: nested too deeply", "$") from None
 
     def _try_upcast(self, raw: bytes | str) -> InputEvent | None:
         if not self._upcasters:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass, field
@@ -120,13 +121,25 @@ class SequencerCounts:
     dead_lettered: int = 0
 
 
+#: At most this many bytes of a rejected record are kept in its dead letter. JSON escaping
+#: (``\u0001`` for a control byte) and ``raw_base64`` can make a dead letter several times
+#: its input, and one above the broker's ``message.max.bytes`` (1 MB) would fail the whole
+#: transaction on every retry: a poison pill.
+DEAD_LETTER_RAW_MAX = 64 * 1024
+
+
 def dead_letter_value(rec: Record, error: str, path: str | None) -> bytes:
-    raw = rec.value.rstrip(b"\r\n")
+    raw = (rec.value or b"").rstrip(b"\r\n")
     doc: dict[str, object] = {
         "origin": {"topic": rec.tp.topic, "partition": rec.tp.partition, "offset": rec.offset},
         "error": error,
         "path": path,
     }
+    if len(raw) > DEAD_LETTER_RAW_MAX:
+        doc["raw_bytes"] = len(raw)
+        doc["raw_sha256"] = hashlib.sha256(raw).hexdigest()
+        doc["raw_truncated"] = True
+        raw = raw[:DEAD_LETTER_RAW_MAX]
     try:
         doc["raw"] = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -182,6 +195,8 @@ class SequencerCore:
         c.read += 1
         raw = rec.value
         try:
+            if raw is None:  # a null value (tombstone) on an input topic
+                raise SchemaError("not valid JSON: null record value", "$")
             event = self.codec.decode(raw)
         except SchemaError as exc:
             c.dead_lettered += 1

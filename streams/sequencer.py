@@ -95,7 +95,11 @@ class Sequencer(TxnStage):
         deadline = self.merge.next_deadline()
         if deadline is None:
             return self.cfg.poll_ms
-        return max(0, min(self.cfg.poll_ms, int((deadline - time.monotonic()) * 1000) + 1))
+        # Never 0: aiokafka's getmany(timeout_ms=0) returns at once without yielding to the
+        # event loop when nothing is buffered, so a record held for an idle partition while
+        # another partition's fetch is still due would spin here for ever, starving the
+        # fetcher (and the heartbeat, the other stage and the SIGTERM handler) of the loop.
+        return max(1, min(self.cfg.poll_ms, int((deadline - time.monotonic()) * 1000) + 1))
 
     async def step(self, batch: dict[TopicPartition, list[Any]]) -> None:
         now = time.monotonic()
