@@ -12,7 +12,7 @@ KAFKA_LIBS := var/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live smoke bench-replay
+.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live smoke bench-replay chaos soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -77,6 +77,12 @@ smoke: ## start the local broker and run the faust smoke path end to end
 bench-replay: ## replay events/s into DuckDB beside the raw consume rate of the same topics
 	$(BIN)/yibao kafka up
 	$(BIN)/python bench/bench_replay.py
+
+chaos: ## fault campaign on an own broker: worker/projector SIGKILLs, broker restart; prints a table
+	$(BIN)/python bench/chaos.py
+
+soak: ## 30 min at 2,000 events/s through worker + projector, RSS sampled (var/soak/<run>/)
+	$(BIN)/python bench/soak.py
 
 clean: kafka-down-quiet ## remove .venv and var/ (broker data, jars), caches
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis kafka/target

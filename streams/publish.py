@@ -133,7 +133,11 @@ async def publish_lines(
             if on_send is not None:
                 on_send(raw)
             pending.append(await producer.send(
-                name, raw, key=r.key, timestamp_ms=r.timestamp or None,
+                # 0, not None, for a malformed first line (no previous timestamp): None
+                # means the producer's wall clock, far ahead of any event time, and the
+                # merge would hold everything behind it in its partition until the rest
+                # of the input is drained (a reordered settlement).
+                name, raw, key=r.key, timestamp_ms=r.timestamp,
                 headers=[seq_header(base + i)],
             ))
             counts[name] = counts.get(name, 0) + 1
