@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import deque
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -32,6 +33,7 @@ from streams.runtime import (
     StageConfig,
     TxnStage,
     log,
+    percentiles,
     read_changelog,
 )
 from streams.topics import Topics
@@ -52,6 +54,8 @@ class Sequencer(TxnStage):
         self.committed: dict[TopicPartition, int] = {}
         self.assigned: set[TopicPartition] = set()
         self.outbox = Outbox(self.producer)
+        # how long released records sat in the merge (s): the cost of the merge wait
+        self.held_times: deque[float] = deque(maxlen=100_000)
         self.stores = {
             DEDUP_STORE: topics.changelog("sequencer", "dedup"),
             PERSONS_STORE: topics.changelog("sequencer", "persons"),
@@ -91,6 +95,9 @@ class Sequencer(TxnStage):
             self.core.revoke(p)
         log.info("sequencer.revoked", partitions=len(revoked))
 
+    def extra_stats(self) -> dict[str, Any]:
+        return {"merge_held_ms": percentiles(self.held_times)}
+
     def poll_timeout_ms(self) -> int:
         deadline = self.merge.next_deadline()
         if deadline is None:
@@ -125,6 +132,8 @@ class Sequencer(TxnStage):
             pos = self.next_offset.get(tp, 0)
             merge.set_caught_up(TP(tp.topic, tp.partition), pos >= lso)
         released = merge.pop_ready(now)
+        if released:
+            self.held_times.extend(now - r.arrived for r in released)
         first = merge.first_unreleased()
         offsets = {tp: first.get(TP(tp.topic, tp.partition), self.next_offset.get(tp, 0))
                    for tp in self.assigned}
