@@ -19,6 +19,12 @@ backfill or a replay of events older than that was deleted by the next retention
 waited for them for ever (its position stayed below the new log start), and the dead
 letters of old events vanished before any audit. Purge inputs below the sequencer group's
 committed offsets (``kafka-delete-records``) if disk matters.
+
+The same event-time timestamps made the broker roll a new segment whenever the event time in
+a partition moved past ``segment.ms`` (7 days) — for the 2.7-year sample, a segment (open
+.log file, two index maps, a producer snapshot) every few dozen records, ~20 per input
+partition per copy — until the broker ran out of file descriptors ("Too many open files")
+and shut down its log dir after a dozen benchmark runs. These topics roll by size only.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from yibao.settings import Settings
 INPUTS = ("registrations", "visits", "prescriptions", "payments")
 assert set(TOPIC_OF.values()) == set(INPUTS)
 
-FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+# segment.ms: Long.MAX_VALUE, i.e. roll by size only (see above).
+FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "segment.ms": str(2**63 - 1)}
 COMPACTED = {"cleanup.policy": "compact"}
 
 

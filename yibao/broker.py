@@ -314,6 +314,12 @@ delete.topic.enable=true
 # Retention: Kafka's defaults (7 days), written out for the reader.
 log.retention.hours=168
 log.retention.check.interval.ms=300000
+
+# Roll segments by size only: yibao's record timestamps are event times, and a time-based roll
+# (7 days of *record* time by default) gave every partition of a multi-year log a segment per
+# few dozen records, until the broker ran out of file descriptors and shut down. (The
+# pipeline's own topics also set segment.ms; this covers test and benchmark topics.)
+log.roll.ms=9223372036854775807
 """
 
 
