@@ -7,8 +7,9 @@
    to a sink topic with plain aiokafka (no decoding, no state, no transactions), same
    machine — what Kafka + Python I/O alone allow.
 3. **latency**: fresh copies published at an offered 1,000 checkouts/s (``VisitClosed``),
-   with the events between them at the sample's mix; latency = send of the checkout →
-   its ClaimSettled/ClaimRejected read from ``settlements`` (read_committed) by this process.
+   with the events between them at the sample's mix, by a producer configured like the
+   gateway SDK (``linger_ms=0``); latency = send of the checkout → its
+   ClaimSettled/ClaimRejected read from ``settlements`` (read_committed) by this process.
 
 Last line: ``live: <E> events/s, raw <R> events/s, ratio <X>, p50 <A> ms, p99 <B> ms``.
 """
@@ -171,7 +172,7 @@ async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float
             sent[_event_id(line)] = time.perf_counter()
 
     reader = asyncio.create_task(read())
-    await publish_lines(settings, lines, rate=rate, on_send=on_send)
+    await publish_lines(settings, lines, rate=rate, on_send=on_send, linger_ms=0)
     try:
         await asyncio.wait_for(reader, 60)
     finally:
