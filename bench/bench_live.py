@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -180,6 +181,23 @@ async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float
     return [(got[e] - sent[e]) * 1000 for e in want if e in got and e in sent]
 
 
+def stage_report(logdir: Path) -> None:
+    """Where the time went (whole run: warm-up, end to end and latency phases), from the
+    workers' stop logs: per stage the batches, records per
+    batch, step (process + transaction) p50/p99, and how long records sat in the merge."""
+    for f in sorted(logdir.glob("*.log")):
+        for line in f.read_text().splitlines():
+            if '.stopped"' not in line:
+                continue
+            d = json.loads(line)
+            n = max(1, d["batches"])
+            per = ", ".join(f"{k} {v * 1000 / n:.1f}" for k, v in d["seconds"].items())
+            held = d.get("merge_held_ms")
+            print(f"  {d['event']}: {d['batches']} batches, {d.get('records', 0) / n:.0f} "
+                  f"records/batch; ms/batch: {per}; step p50/p99 {d.get('step_ms')}"
+                  + (f"; merge held {held}" if held else ""), file=sys.stderr)
+
+
 def _caused_by_type(value: bytes) -> tuple[str, str]:
     def field(name: bytes) -> str:
         i = value.find(name)
@@ -238,6 +256,7 @@ async def main_async(args: argparse.Namespace) -> str:
     finally:
         for proc in procs:
             terminate(proc)
+        stage_report(logdir)
     # 2. raw ceiling on the same input records
     raw = await raw_ceiling(settings, len(warm) + len(log))
     print(f"  raw aiokafka consume->produce: {raw:,.0f} events/s", file=sys.stderr)
