@@ -343,20 +343,26 @@ def main() -> None:
             want = ref.totals(cut)
             before = ref.totals(start) if start else {"settlements": 0}
             since = c.wlog.stat().st_size if c.wlog.exists() else 0
+            ledger0 = c.end_offsets()[s.topic_prefix + "ledger"]
             c.start_worker()
             c.worker_ready(since)  # not yet processing: it has just been assigned
             chunk = want["settlements"] - before["settlements"]
-            frac = rng.uniform(0.05, 0.9)
+            frac = rng.uniform(0.05, 0.7)
             notes: list[str] = []
             if fault == "worker":
-                # SIGKILL at a random moment within the chunk's processing time (``est``,
-                # learnt from the previous kills: a kill that came after the chunk was done
+                # SIGKILL once the worker is under way (its first transaction is in the
+                # ledger), plus a random moment within the chunk's processing time (``est``,
+                # learnt from the previous kills: one that came after the chunk was done
                 # shortens it)
-                waited = rng.uniform(0.02, 0.9) * est
-                time.sleep(waited)
+                ledger = s.topic_prefix + "ledger"
+                waited = c.wait_for(lambda t=ledger, b=ledger0: c.end_offsets()[t] > b)
+                extra = rng.uniform(0.0, 0.9) * est
+                time.sleep(extra)
+                waited += extra
+                seq_done = c.end_offsets()[ledger] - ledger0
                 c.kill("worker")
                 done = len(c.settlements()) - before["settlements"]
-                when = f"+{waited:.2f}s, {done}/{chunk} outputs of the chunk committed"
+                when = f"+{waited:.2f}s, ledger +{seq_done}, {done}/{chunk} outputs committed"
                 est = est * 0.6 if done >= chunk else est * 1.1
                 c.start_worker()
             elif fault == "projector":
