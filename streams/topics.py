@@ -41,7 +41,14 @@ assert set(TOPIC_OF.values()) == set(INPUTS)
 
 # segment.ms: Long.MAX_VALUE, i.e. roll by size only (see above).
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "segment.ms": str(2**63 - 1)}
-COMPACTED = {"cleanup.policy": "compact"}
+# Compaction only cleans closed segments, and the broker's defaults close one at 1 GB or
+# after 7 days: until then a restore reads every change ever written. The soak (2,000
+# events/s) restored 5.8 million dedup/persons records in 109 s after a rebalance at 25
+# minutes. Small segments and an eager cleaner keep a restore near the live state: the
+# dedup window (ids and their tombstones) and one value per person or household.
+COMPACTED = {"cleanup.policy": "compact", "segment.bytes": str(32 * 1024 * 1024),
+             "segment.ms": str(10 * 60 * 1000), "min.cleanable.dirty.ratio": "0.2",
+             "delete.retention.ms": str(60 * 60 * 1000)}
 
 
 @dataclass(frozen=True)
