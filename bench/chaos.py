@@ -307,7 +307,7 @@ def main() -> None:
     os.environ.pop("YIBAO_KAFKA_CONTROLLER_PORT", None)
     base = Settings()
     broker = LocalBroker(BrokerConfig.from_settings(base))
-    broker.up()
+    _status, started_broker = broker.up()
     s = Settings(bootstrap_servers=base.bootstrap_servers, topic_prefix=prefix,
                  partitions=args.partitions)
 
@@ -405,6 +405,8 @@ def main() -> None:
     finally:
         c.stop("worker")
         c.stop("projector")
+        if started_broker:
+            broker.down()
     missing = sum(r[2] for r in rows)
     duplicated = sum(r[3] for r in rows)
     different = sum(r[4] for r in rows)
