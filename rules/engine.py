@@ -72,16 +72,16 @@ class Engine:
         self.policy = policy
         self._handlers: dict[type, Callable[[State, Any], Decision]] = {
             ev.PersonRegistered: self._registered,
-            ev.AssistanceStatusChanged: self._assistance_changed,
+            ev.AssistanceStatusChanged: self._enrollment_change,
             ev.PersonalAccountCredited: self._account_credited,
             ev.FamilyAidAuthorized: self._aid_authorized,
             ev.FamilyAidRevoked: self._aid_revoked,
             ev.SpecialDiseaseCertified: self._certified,
-            ev.CrossRegionFiled: self._filed,
-            ev.EnrollmentSuspended: self._suspended,
-            ev.EnrollmentResumed: self._resumed,
-            ev.PersonDeceased: self._deceased,
-            ev.CreditLineGranted: self._credit_granted,
+            ev.CrossRegionFiled: self._enrollment_change,
+            ev.EnrollmentSuspended: self._enrollment_change,
+            ev.EnrollmentResumed: self._enrollment_change,
+            ev.PersonDeceased: self._enrollment_change,
+            ev.CreditLineGranted: self._enrollment_change,
             ev.CreditRepaid: self._credit_repaid,
             ev.VisitOpened: self._visit_opened,
             ev.PrescriptionIssued: self._items,
@@ -152,6 +152,13 @@ class Engine:
 
     # ------------------------------------------------------------------ enrollment
 
+    def _enrollment_change(self, state: State, e: Any) -> Decision:
+        """Enrollment events whose only rule is that the person is registered."""
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        return Decision([], [_ENROLLMENT_CHANGES[type(e)](e)])
+
     def _registered(self, state: State, e: ev.PersonRegistered) -> Decision:
         p = state.persons.get(e.person_id)
         if p is not None and p.registration is not None:
@@ -159,12 +166,6 @@ class Engine:
                 e, "DUPLICATE_PERSON", f"person {e.person_id} is already registered"
             )
         return Decision([], [("register", e)])
-
-    def _assistance_changed(self, state: State, e: ev.AssistanceStatusChanged) -> Decision:
-        p = self._enrolled(state, e)
-        if isinstance(p, Decision):
-            return p
-        return Decision([], [("assistance", e.person_id, e.effective_from, e.assistance)])
 
     def _account_credited(self, state: State, e: ev.PersonalAccountCredited) -> Decision:
         p = self._enrolled(state, e)
@@ -232,36 +233,6 @@ class Engine:
                 f"{e.disease_code} is not in policy {newest.id}'s table",
             )
         return Decision([], [("certify", e.person_id, (e.disease_code, e.valid_from, e.valid_to))])
-
-    def _filed(self, state: State, e: ev.CrossRegionFiled) -> Decision:
-        p = self._enrolled(state, e)
-        if isinstance(p, Decision):
-            return p
-        return Decision([], [("file", e.person_id, (e.treatment_region, e.valid_from, e.valid_to))])
-
-    def _suspended(self, state: State, e: ev.EnrollmentSuspended) -> Decision:
-        p = self._enrolled(state, e)
-        if isinstance(p, Decision):
-            return p
-        return Decision([], [("suspend", e.person_id, e.effective_from, True)])
-
-    def _resumed(self, state: State, e: ev.EnrollmentResumed) -> Decision:
-        p = self._enrolled(state, e)
-        if isinstance(p, Decision):
-            return p
-        return Decision([], [("suspend", e.person_id, e.effective_from, False)])
-
-    def _deceased(self, state: State, e: ev.PersonDeceased) -> Decision:
-        p = self._enrolled(state, e)
-        if isinstance(p, Decision):
-            return p
-        return Decision([], [("death", e.person_id, e.date_of_death)])
-
-    def _credit_granted(self, state: State, e: ev.CreditLineGranted) -> Decision:
-        p = self._enrolled(state, e)
-        if isinstance(p, Decision):
-            return p
-        return Decision([], [("credit_line", e.person_id, e.bank, e.limit_fen)])
 
     def _credit_repaid(self, state: State, e: ev.CreditRepaid) -> Decision:
         p = self._enrolled(state, e)
@@ -788,6 +759,17 @@ class Engine:
         outputs: list[OutputEvent] = [settled]
         outputs.extend(audit.flags(settled, filed, oop, e.event_id, 1))
         return Decision(outputs, [("settle", e.person_id, e.visit_id, record)])
+
+
+#: The state change of each enrollment event that needs nothing but a registered person.
+_ENROLLMENT_CHANGES: dict[type, Callable[[Any], Change]] = {
+    ev.AssistanceStatusChanged: lambda e: ("assistance", e.person_id, e.effective_from, e.assistance),
+    ev.CrossRegionFiled: lambda e: ("file", e.person_id, (e.treatment_region, e.valid_from, e.valid_to)),
+    ev.EnrollmentSuspended: lambda e: ("suspend", e.person_id, e.effective_from, True),
+    ev.EnrollmentResumed: lambda e: ("suspend", e.person_id, e.effective_from, False),
+    ev.PersonDeceased: lambda e: ("death", e.person_id, e.date_of_death),
+    ev.CreditLineGranted: lambda e: ("credit_line", e.person_id, e.bank, e.limit_fen),
+}
 
 
 def _chronic_condition(pol: PolicyVersion, diagnoses: list[str]) -> str | None:
