@@ -51,7 +51,7 @@ class Codec:
             return None
         try:
             obj = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return None
         if not isinstance(obj, dict):
             return None

@@ -117,6 +117,23 @@ def test_not_json_and_wrong_shapes() -> None:
     assert isinstance(error_of(deep), SchemaError)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a":' * 200_000 + b"1" + b"}" * 200_000,
+        b"[" * 200_000 + b"]" * 200_000,
+        b'{"type":"ItemsCharged","items":' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        b'{"type":"VisitRefunded","reason":"\xff\xfe"}',
+        b'{"type":"VisitRefunded","reason":"' + b"\xff" + b'"}',
+    ],
+)
+def test_hostile_bytes_are_schema_errors_with_or_without_upcasters(raw: bytes) -> None:
+    """Deep nesting and bad UTF-8 must be dead letters, never a crash (also on the upcast path)."""
+    for codec_ in (Codec(), Codec(upcasters={0: lambda d: d})):
+        with pytest.raises(SchemaError):
+            codec_.decode(raw)
+
+
 def test_upcaster_from_a_synthetic_older_version() -> None:
     # Pretend schema_version 0 named the flag `pay_from_account` instead.
     def v0_to_v1(d: dict[str, Any]) -> dict[str, Any]:
