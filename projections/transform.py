@@ -23,6 +23,7 @@ import msgspec
 import pyarrow as pa
 
 from projections.schema import AMOUNTS, ARROW_SCHEMAS
+from schemas.events import Amounts
 
 LEDGER, SETTLEMENTS, DEADLETTER = "ledger", "settlements", "deadletter"
 ROLES = (LEDGER, SETTLEMENTS, DEADLETTER)
@@ -118,21 +119,6 @@ class _L(msgspec.Struct):
     method: str | None = None
 
 
-class _Amounts(msgspec.Struct, array_like=False):
-    total: int
-    self_pay_full: int
-    over_cap: int
-    first_self_pay: int
-    eligible: int
-    deductible: int
-    basic_fund: int
-    major_illness: int
-    assistance: int
-    personal_account: int
-    family_account: int
-    cash_due: int
-
-
 class _Debit(msgspec.Struct):
     payer_id: str
     amount_fen: int
@@ -155,7 +141,7 @@ class _O(msgspec.Struct):
     treatment_region: str | None = None
     facility_id: str | None = None
     cross_province: bool | None = None
-    amounts: _Amounts | None = None
+    amounts: Amounts | None = None
     family_debits: list[_Debit] | None = None
     trace: msgspec.Raw = msgspec.Raw(b"null")
     payment_id: str | None = None
