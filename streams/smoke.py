@@ -19,7 +19,6 @@ import collections
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -101,14 +100,9 @@ def start_worker(
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
     """SIGTERM (faust shuts down cleanly), SIGKILL after ``timeout``; return the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    from streams.worker import terminate
+
+    return terminate(proc, timeout)
 
 
 @dataclass
