@@ -366,9 +366,14 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+    if stat.rsplit(")", 1)[1].split()[0] != "Z":
+        return True
+    # A zombie: it may have exited just after the waitpid above; reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return False
 
 
 def _is_our_broker(pid: int, c: BrokerConfig) -> bool:
