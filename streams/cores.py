@@ -23,17 +23,19 @@ import datetime as dt
 import hashlib
 import json
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
 
 from rules.engine import Engine
 from rules.fold import DEFAULT_DEDUP_WINDOW
-from rules.state import Person, State
+from rules.state import Person, State, Visit
 from schemas.codec import Codec
 from schemas.events import InputEvent, OutputEvent, PersonRegistered
 from schemas.exceptions import SchemaError
 from streams.merge import Record
+from streams.stores import KVStore, MemoryStore
 
 # A changelog change: (store name, partition, key, value or None for a tombstone).
 Change = tuple[str, int, bytes, bytes | None]
@@ -41,6 +43,7 @@ Change = tuple[str, int, bytes, bytes | None]
 DEDUP_STORE = "dedup"
 PERSONS_STORE = "persons"
 HOUSEHOLDS_STORE = "households"
+VISITS_STORE = "visits"
 
 def _ms(ts: dt.datetime) -> int:
     return int(ts.timestamp() * 1000)
@@ -227,31 +230,59 @@ class SequencerCore:
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
 _STATE_DECODER = msgspec.msgpack.Decoder(dict[str, Person])
+_VISIT_DECODER = msgspec.msgpack.Decoder(Visit)
+
+
+def visit_key(household: str, person_id: str, visit_id: str) -> bytes:
+    """Key of a settled visit in the ``visits`` store and changelog (NUL cannot occur in
+    an id: the schema forbids control characters)."""
+    return f"{household}\x00{person_id}\x00{visit_id}".encode()
 
 
 @dataclass
 class ProcessorCounts:
     applied: int = 0
     outputs: int = 0
+    visits_loaded: int = 0
+    visits_stored: int = 0
 
 
 @dataclass
 class ProcessorCore:
-    """Household state per ledger partition and the engine that folds it."""
+    """Household state per ledger partition and the engine that folds it.
+
+    Two tables per partition: ``households`` (persons with their open visits, decoded, in
+    memory) and ``visits`` (settled visits, one packed record each, in a :class:`KVStore`
+    — RocksDB in a worker). The engine sees one state: before an event that names a visit
+    the visit is paged in from the store if the household does not hold it, and after it a
+    settled visit is paged out again. The engine stays pure and unaware of the split.
+    """
 
     engine: Engine
     codec: Codec = field(default_factory=Codec)
+    store_factory: Callable[[int], KVStore] = lambda _p: MemoryStore()
     households: dict[int, dict[str, dict[str, Person]]] = field(default_factory=dict)
+    visits: dict[int, KVStore] = field(default_factory=dict)
     dirty: dict[int, set[str]] = field(default_factory=dict)
+    visit_changes: list[Change] = field(default_factory=list)
     counts: ProcessorCounts = field(default_factory=ProcessorCounts)
 
     def assign(self, partition: int) -> None:
         self.households.setdefault(partition, {})
         self.dirty.setdefault(partition, set())
+        if partition not in self.visits:
+            self.visits[partition] = self.store_factory(partition)
 
     def revoke(self, partition: int) -> None:
         self.households.pop(partition, None)
         self.dirty.pop(partition, None)
+        store = self.visits.pop(partition, None)
+        if store is not None:
+            store.close()
+
+    def close(self) -> None:
+        for p in list(self.visits):
+            self.revoke(p)
 
     def restore(self, partition: int, key: bytes, value: bytes | None) -> None:
         self.assign(partition)
@@ -260,6 +291,10 @@ class ProcessorCore:
         else:
             self.households[partition][key.decode()] = _STATE_DECODER.decode(value)
 
+    def restore_visits(self, partition: int, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+        self.assign(partition)
+        self.visits[partition].restore(records)
+
     def apply(self, partition: int, key: bytes, value: bytes) -> list[OutputEvent]:
         """Fold one ledger record (already validated and deduplicated) into its household."""
         event = self.codec.decode(value)
@@ -267,19 +302,50 @@ class ProcessorCore:
         table = self.households[partition]
         persons = table.get(hh)
         state = State(persons if persons is not None else {})
+        vid: str | None = getattr(event, "visit_id", None)
+        pid = event.person_id
+        paged_in: bytes | None = None
+        if vid is not None:
+            p = state.persons.get(pid)
+            if p is not None and vid not in p.visits:
+                k = visit_key(hh, pid, vid)
+                raw = self.visits[partition].get(k)
+                if raw is not None:
+                    p.visits[vid] = _VISIT_DECODER.decode(raw)
+                    paged_in = k
+                    self.counts.visits_loaded += 1
         decision = self.engine.decide(state, event)
         if decision.changes:
             self.engine.evolve(state, decision)
             table[hh] = state.persons
             self.dirty[partition].add(hh)
+        if vid is not None:
+            p = state.persons.get(pid)
+            visit = p.visits.get(vid) if p is not None else None
+            if p is not None and visit is not None and visit.current is not None:
+                # settled: its place is the store (re-written only if this event changed it)
+                if decision.changes or paged_in is None:
+                    k = paged_in or visit_key(hh, pid, vid)
+                    raw = _STATE_ENCODER.encode(visit)
+                    self.visits[partition].put(k, raw)
+                    self.visit_changes.append((VISITS_STORE, partition, k, raw))
+                    self.counts.visits_stored += 1
+                    if paged_in is None:
+                        self.dirty[partition].add(hh)  # the household no longer holds it
+                del p.visits[vid]
+            elif paged_in is not None:
+                # reopened by a refund: back in the household, out of the store
+                self.visits[partition].delete(paged_in)
+                self.visit_changes.append((VISITS_STORE, partition, paged_in, None))
         outputs = decision.outputs
         self.counts.applied += 1
         self.counts.outputs += len(outputs)
         return outputs
 
     def take_changes(self) -> list[Change]:
-        """Changelog records for every household changed since the last call."""
-        out: list[Change] = []
+        """Changelog records for every visit and household changed since the last call."""
+        out = self.visit_changes
+        self.visit_changes = []
         for p, keys in self.dirty.items():
             table = self.households[p]
             for hh in keys:

@@ -1,7 +1,9 @@
 """The settlement processor: the ledger in, ``settlements`` out.
 
-Household state lives in a table (``processor-households`` changelog, compacted; one
-msgpack value of ``dict[person_id, Person]`` per household) partitioned like the ledger.
+Household state lives in two tables partitioned like the ledger, each backed by a compacted
+changelog: ``processor-households`` (one msgpack value of ``dict[person_id, Person]`` per
+household: persons and their open visits, in memory) and ``processor-visits`` (one record per
+settled visit, in a local RocksDB store by default; see :mod:`streams.stores` for why).
 Each polled batch is folded through the pure engine and written — output events, the
 changed households and the ledger offsets — in one Kafka transaction. Output events go to
 ``settlements`` keyed by household on the *same partition number* as the ledger record, so
@@ -11,6 +13,7 @@ every settlements partition has exactly one writer.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -18,21 +21,24 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from rules.engine import Engine
 from schemas.codec import Codec
-from streams.cores import ProcessorCore
-from streams.runtime import Outbox, StageConfig, TxnStage, log, read_changelog
+from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore
+from streams.runtime import Outbox, StageConfig, TxnStage, iter_changelog, log, read_changelog
+from streams.stores import KVStore, MemoryStore
 from streams.topics import Topics
 
 
 class Processor(TxnStage):
     name = "processor"
 
-    def __init__(self, cfg: StageConfig, topics: Topics, engine: Engine) -> None:
+    def __init__(self, cfg: StageConfig, topics: Topics, engine: Engine,
+                 store_factory: Callable[[int], KVStore] = lambda _p: MemoryStore()) -> None:
         super().__init__(cfg, [topics.ledger], RangePartitionAssignor)
         self.t = topics
         self.codec = Codec()
-        self.core = ProcessorCore(engine, self.codec)
+        self.core = ProcessorCore(engine, self.codec, store_factory)
         self.assigned: set[TopicPartition] = set()
         self.changelog = topics.changelog("processor", "households")
+        self.visits_changelog = topics.changelog("processor", "visits")
         self.outbox = Outbox(self.producer)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -47,6 +53,10 @@ class Processor(TxnStage):
         for p, key, value in await read_changelog(self.cfg.bootstrap, self.changelog, parts):
             self.core.restore(p, key, value)
             restored += 1
+        async for chunk in iter_changelog(self.cfg.bootstrap, self.visits_changelog, parts):
+            for p in {c[0] for c in chunk}:
+                self.core.restore_visits(p, ((k, v) for q, k, v in chunk if q == p))
+            restored += len(chunk)
         log.info("processor.assigned", partitions=len(assigned), restored=restored,
                  seconds=round(time.monotonic() - started, 3))
 
@@ -55,6 +65,13 @@ class Processor(TxnStage):
         for tp in revoked:
             self.core.revoke(tp.partition)
         log.info("processor.revoked", partitions=len(revoked))
+
+    def close(self) -> None:
+        self.core.close()
+
+    def extra_stats(self) -> dict[str, Any]:
+        c = self.core.counts
+        return {"visits_loaded": c.visits_loaded, "visits_stored": c.visits_stored}
 
     async def step(self, batch: dict[TopicPartition, list[Any]]) -> None:
         batch = {tp: rs for tp, rs in batch.items() if rs and tp in self.assigned}
@@ -70,7 +87,8 @@ class Processor(TxnStage):
                 for o in core.apply(p, r.key, r.value):
                     outbox.add(settlements, p, r.key, encode(o), r.timestamp)
             offsets[tp] = records[-1].offset + 1
-        for _store, p, key, value in core.take_changes():
-            outbox.add(self.changelog, p, key, value)
+        changelogs = {HOUSEHOLDS_STORE: self.changelog, VISITS_STORE: self.visits_changelog}
+        for store, p, key, value in core.take_changes():
+            outbox.add(changelogs[store], p, key, value)
         await outbox.flush()
         await self.commit(offsets)

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,9 +186,19 @@ async def read_changelog(
 ) -> list[tuple[int, bytes, bytes | None]]:
     """(partition, key, value) of every committed record of ``topic``'s ``partitions``, in
     offset order per partition, up to the current last stable offset."""
+    out: list[tuple[int, bytes, bytes | None]] = []
+    async for chunk in iter_changelog(bootstrap, topic, partitions, timeout=timeout):
+        out.extend(chunk)
+    return out
+
+
+async def iter_changelog(
+    bootstrap: KafkaTarget, topic: str, partitions: Iterable[int], *, timeout: float = 120.0
+) -> AsyncIterator[list[tuple[int, bytes, bytes | None]]]:
+    """:func:`read_changelog` in fetched chunks, for a store larger than memory."""
     tps = [TopicPartition(topic, p) for p in partitions]
     if not tps:
-        return []
+        return
     consumer = AIOKafkaConsumer(
         **client_options(bootstrap),
         group_id=None,
@@ -199,7 +209,6 @@ async def read_changelog(
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     await consumer.start()
-    out: list[tuple[int, bytes, bytes | None]] = []
     try:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -210,16 +219,15 @@ async def read_changelog(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"restoring {topic} took more than {timeout}s")
             batch = await consumer.getmany(*todo, timeout_ms=200)
-            for tp, records in batch.items():
-                for r in records:
-                    if r.offset < end[tp] and r.key is not None:
-                        out.append((tp.partition, r.key, r.value))
+            chunk = [(tp.partition, r.key, r.value) for tp, records in batch.items()
+                     for r in records if r.offset < end[tp] and r.key is not None]
+            if chunk:
+                yield chunk
             for tp in list(todo):
                 if await consumer.position(tp) >= end[tp]:
                     todo.discard(tp)
     finally:
         await consumer.stop()
-    return out
 
 
 class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -307,12 +315,16 @@ class TxnStage:
                 await self.consumer.stop()
             with contextlib.suppress(Exception):
                 await self.producer.stop()
+            self.close()
             log.info(f"{self.name}.stopped", batches=self.batches, records=self.records,
                      seconds={k: round(v, 3) for k, v in self.timing.items()},
                      step_ms=percentiles(self.step_times), **self.extra_stats())
 
     def extra_stats(self) -> dict[str, Any]:
         return {}
+
+    def close(self) -> None:
+        """Release local resources (state stores) once the loop has stopped."""
 
 
 def percentiles(xs: Iterable[float]) -> dict[str, float]:

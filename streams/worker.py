@@ -15,14 +15,17 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rules.engine import Engine
 from rules.policy import load_policy
+from streams.exceptions import StoreError
 from streams.processor import Processor
 from streams.runtime import StageConfig, TxnStage, log
 from streams.sequencer import Sequencer
+from streams.stores import KVStore, MemoryStore, RocksStore
 from streams.topics import Topics, create_all
 from yibao.kafka_security import security_env
 from yibao.settings import Settings
@@ -37,6 +40,8 @@ class WorkerOptions:
     stages: tuple[str, ...] = ("sequencer", "processor")
     create_topics: bool = True
     transaction_timeout_ms: int = 10_000
+    store: str = "rocksdb"  # or "memory"
+    state_dir: str = "var/state"
 
 
 def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
@@ -55,8 +60,20 @@ def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
         stages.append(Sequencer(cfg("sequencer"), topics, max_wait=opts.merge_wait_ms / 1000,
                                 window=dt.timedelta(days=opts.dedup_window_days)))
     if "processor" in opts.stages:
-        stages.append(Processor(cfg("processor"), topics, Engine(load_policy(opts.policy_path))))
+        stages.append(Processor(cfg("processor"), topics, Engine(load_policy(opts.policy_path)),
+                                store_factory(settings, opts)))
     return stages
+
+
+def store_factory(settings: Settings, opts: WorkerOptions) -> Callable[[int], KVStore]:
+    """One store per ledger partition, under a folder of this worker's own (a store is a
+    cache of its changelog, rebuilt on assignment, so it never outlives the process)."""
+    if opts.store == "memory":
+        return lambda _p: MemoryStore()
+    if opts.store != "rocksdb":
+        raise StoreError(f"store: unknown kind {opts.store!r} (rocksdb or memory)")
+    root = Path(opts.state_dir) / f"{settings.topic_prefix}processor-{opts.worker_id}"
+    return lambda p: RocksStore(root / f"visits-{p}")
 
 
 async def run_worker(settings: Settings, opts: WorkerOptions) -> None:

@@ -96,15 +96,22 @@ def export(settings: Settings, topic: str, out: str, timeout: float) -> None:
 @click.option("--transaction-timeout-ms", type=click.IntRange(min=1000), default=10_000,
               show_envvar=True, envvar="YIBAO_TRANSACTION_TIMEOUT_MS",
               help="After this, the broker aborts a dead worker's open transaction.")
+@click.option("--store", type=click.Choice(["rocksdb", "memory"]), default="rocksdb",
+              show_envvar=True, envvar="YIBAO_STORE", show_default=True,
+              help="Where settled visits are kept: a local RocksDB store (bounded memory) "
+                   "or a dict (memory grows with every visit ever settled).")
+@click.option("--state-dir", type=click.Path(file_okay=False), default="var/state",
+              show_envvar=True, envvar="YIBAO_STATE_DIR", show_default=True,
+              help="Folder of the local stores (rebuilt from the changelogs at start).")
 @click.pass_obj
 def worker(settings: Settings, worker_id: str, merge_wait_ms: int, dedup_window_days: int,
            policy_path: str | None, stages: tuple[str, ...],
-           transaction_timeout_ms: int) -> None:
+           transaction_timeout_ms: int, store: str, state_dir: str) -> None:
     """Run the sequencer and the settlement processor (exactly-once, Kafka transactions)."""
     from streams.worker import WorkerOptions, main
 
     main(settings, WorkerOptions(
         worker_id=worker_id, merge_wait_ms=merge_wait_ms,
         dedup_window_days=dedup_window_days, policy_path=policy_path, stages=tuple(stages),
-        transaction_timeout_ms=transaction_timeout_ms,
+        transaction_timeout_ms=transaction_timeout_ms, store=store, state_dir=state_dir,
     ))
