@@ -81,7 +81,8 @@ def main() -> None:
     db = out / "replay.duckdb"
     for p in (db, db.with_name(db.name + ".wal")):
         p.unlink(missing_ok=True)
-    with Store(db, pseudonym_key=settings.pseudonym_key, bulk=True) as store:
+    with Store(db, pseudonym_key=settings.pseudonym_key, bulk=True,
+               memory_limit=settings.duckdb_memory_limit) as store:
         stats = asyncio.run(run(settings, store, Transform(settings.pseudonym_key),
                                 RunOptions(max_records=200_000)))
         rows = sum(store.counts().values())

@@ -39,13 +39,16 @@ class Store:
     """The projector's (or replay's) single writer connection."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None,
-                 pseudonym_key: str | bytes = DEV_PSEUDONYM_KEY, bulk: bool = False) -> None:
+                 pseudonym_key: str | bytes = DEV_PSEUDONYM_KEY, bulk: bool = False,
+                 memory_limit: str | None = None) -> None:
         self.path = Path(path)
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path))
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            self.con.execute(f"SET memory_limit = '{_sql_str(memory_limit)}'")
         if bulk:  # replay: one checkpoint at the end instead of one per 16 MiB of WAL
             self.con.execute("SET checkpoint_threshold = '8GB'")
         self.con.execute(ddl())

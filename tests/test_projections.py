@@ -161,3 +161,15 @@ def test_pseudonyms_are_keyed() -> None:
     assert Pseudonyms("k1")("P1") != Pseudonyms("k2")("P1")
     assert Pseudonyms("k1")("P1") == Pseudonyms("k1")("P1")
     assert len(Pseudonyms("k1")("P1") or "") == 32
+
+
+def test_store_memory_limit_is_set_and_a_bad_one_names_the_setting(tmp_path: Path) -> None:
+    import pydantic
+
+    from yibao.settings import Settings
+
+    with Store(tmp_path / "m.duckdb", memory_limit="256MB") as s:
+        got = s.con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert got.replace(" ", "") in ("256.0MB", "244.1MiB", "256MB")
+    with pytest.raises(pydantic.ValidationError, match="duckdb_memory_limit"):
+        Settings(duckdb_memory_limit="lots")

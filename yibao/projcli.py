@@ -71,7 +71,8 @@ def project(settings: Settings, db: Path | None, snapshot_every: float, max_wait
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        with Store(path, pseudonym_key=settings.pseudonym_key) as store:
+        with Store(path, pseudonym_key=settings.pseudonym_key,
+                   memory_limit=settings.duckdb_memory_limit) as store:
             store.set_meta({"source": "live", "topic_prefix": settings.topic_prefix})
             log.info("project.start", db=str(path), snapshot=str(snapshot_path(path)),
                      offsets=len(store.offsets()))
@@ -124,7 +125,8 @@ def replay(settings: Settings, into: Path, until: str | None, policy_path: str |
         p.unlink(missing_ok=True)
     policy = load_policy(policy_path) if policy_path else None
     on_total, on_progress, close = _progress(f"replay into {into.name}", quiet)
-    with Store(into, pseudonym_key=settings.pseudonym_key, bulk=True) as store:
+    with Store(into, pseudonym_key=settings.pseudonym_key, bulk=True,
+               memory_limit=settings.duckdb_memory_limit) as store:
         store.set_meta({"source": "whatif" if policy else "replay",
                         "policy": policy_path or "", "until": until or "",
                         "topic_prefix": settings.topic_prefix})

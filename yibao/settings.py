@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="yibao.", description="Prefix of every topic and consumer group id.")
     partitions: int = Field(default=8, ge=1, description="Partitions of the topics yibao creates.")
     duckdb_path: Path = Field(default=Path("var/yibao.duckdb"), description="DuckDB projection file.")
+    duckdb_memory_limit: str = Field(
+        default="1GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB's memory_limit for the projector and replay (its buffer pool; "
+        "DuckDB's own default is 80% of RAM, which a long-running projector grows into).",
+    )
     pseudonym_key: str = Field(
         default="yibao-dev-pseudonym-key",
         description="HMAC key of the person pseudonyms in the DuckDB projections (set a secret one "
