@@ -44,6 +44,8 @@ DEDUP_STORE = "dedup"
 PERSONS_STORE = "persons"
 HOUSEHOLDS_STORE = "households"
 VISITS_STORE = "visits"
+COUNTS_STORE = "counts"
+COUNTS_KEY = b"counts"
 
 def _ms(ts: dt.datetime) -> int:
     return int(ts.timestamp() * 1000)
@@ -118,10 +120,29 @@ class DeadLetterAppend:
 
 @dataclass
 class SequencerCounts:
+    """The sequencer's books: every record read is sequenced (appended to the ledger), a
+    duplicate, or dead-lettered. Kept per input partition number in the ``counts`` changelog,
+    written in the transaction that commits the offsets, so they are exact across crashes and
+    an auditor can check them against the topics (``yibao books``)."""
+
     read: int = 0
     sequenced: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+
+    def add(self, other: SequencerCounts) -> None:
+        self.read += other.read
+        self.sequenced += other.sequenced
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+
+
+_COUNTS_ENCODER = msgspec.json.Encoder()
+_COUNTS_DECODER = msgspec.json.Decoder(SequencerCounts)
+
+
+def decode_counts(value: bytes) -> SequencerCounts:
+    return _COUNTS_DECODER.decode(value)
 
 
 #: At most this many bytes of a rejected record are kept in its dead letter. JSON escaping
@@ -160,17 +181,22 @@ class SequencerCore:
         self.window_ms = int(window.total_seconds() * 1000)
         self.dedup: dict[int, DedupStore] = {}
         self.persons: dict[int, dict[str, str]] = {}
-        self.counts = SequencerCounts()
+        self.counts = SequencerCounts()  # this process's, for its logs
+        self.books: dict[int, SequencerCounts] = {}  # per input partition, since the start
+        self._books_dirty: set[int] = set()
 
     # -- partitions ------------------------------------------------------------------------
 
     def assign(self, partition: int) -> None:
         self.dedup.setdefault(partition, DedupStore(self.window_ms))
         self.persons.setdefault(partition, {})
+        self.books.setdefault(partition, SequencerCounts())
 
     def revoke(self, partition: int) -> None:
         self.dedup.pop(partition, None)
         self.persons.pop(partition, None)
+        self.books.pop(partition, None)
+        self._books_dirty.discard(partition)
 
     def restore(self, store: str, partition: int, key: bytes, value: bytes | None) -> None:
         self.assign(partition)
@@ -182,6 +208,8 @@ class SequencerCore:
                 self.persons[partition].pop(k, None)
             else:
                 self.persons[partition][k] = value.decode()
+        elif store == COUNTS_STORE and value is not None:
+            self.books[partition] = decode_counts(value)
 
     def restored(self, partition: int) -> None:
         self.dedup[partition].restored()
@@ -195,7 +223,11 @@ class SequencerCore:
         Returns what to write (ledger or dead letter), or ``None`` for a duplicate.
         """
         c = self.counts
+        p = rec.tp.partition
+        b = self.books[p]
+        self._books_dirty.add(p)
         c.read += 1
+        b.read += 1
         raw = rec.value
         try:
             if raw is None:  # a null value (tombstone) on an input topic
@@ -203,13 +235,14 @@ class SequencerCore:
             event = self.codec.decode(raw)
         except SchemaError as exc:
             c.dead_lettered += 1
+            b.dead_lettered += 1
             return DeadLetterAppend(rec.key, dead_letter_value(rec, str(exc), exc.path),
                                     rec.timestamp)
-        p = rec.tp.partition
         dedup = self.dedup[p]
         eid = event.event_id
         if eid in dedup:
             c.duplicates += 1
+            b.duplicates += 1
             return None
         ts = _ms(event.occurred_at)
         changes.append((DEDUP_STORE, p, eid.encode(), str(ts).encode()))
@@ -225,7 +258,14 @@ class SequencerCore:
             else:
                 household = event.person_id
         c.sequenced += 1
+        b.sequenced += 1
         return LedgerAppend(household.encode(), raw.rstrip(b"\r\n"), ts, event)
+
+    def take_books(self, changes: list[Change]) -> None:
+        """Append the books of every partition read since the last call to ``changes``."""
+        for p in self._books_dirty:
+            changes.append((COUNTS_STORE, p, COUNTS_KEY, _COUNTS_ENCODER.encode(self.books[p])))
+        self._books_dirty.clear()
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()

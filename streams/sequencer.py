@@ -24,7 +24,17 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from streams.cores import DEDUP_STORE, PERSONS_STORE, Change, DeadLetterAppend, SequencerCore
+from streams.cores import (
+    COUNTS_KEY,
+    COUNTS_STORE,
+    DEDUP_STORE,
+    PERSONS_STORE,
+    Change,
+    DeadLetterAppend,
+    SequencerCore,
+    SequencerCounts,
+    decode_counts,
+)
 from streams.merge import TP, Record, TimestampMerge
 from streams.publish import SEQ_HEADER, seq_of
 from streams.runtime import (
@@ -37,6 +47,7 @@ from streams.runtime import (
     read_changelog,
 )
 from streams.topics import Topics
+from yibao.settings import Settings
 
 ORIGIN_HEADER = "yibao-origin"
 
@@ -59,6 +70,7 @@ class Sequencer(TxnStage):
         self.stores = {
             DEDUP_STORE: topics.changelog("sequencer", "dedup"),
             PERSONS_STORE: topics.changelog("sequencer", "persons"),
+            COUNTS_STORE: topics.changelog("sequencer", "counts"),
         }
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -159,9 +171,20 @@ class Sequencer(TxnStage):
             ]
             outbox.add(ledger, await outbox.partition_for(ledger, out.key), out.key, out.value,
                        out.timestamp, headers)
+        core.take_books(changes)
         stores = self.stores
         for store, p, key, value in changes:
             outbox.add(stores[store], p, key, value)
         await outbox.flush()
         await self.commit(offsets)
         self.committed.update(offsets)
+
+
+async def read_books(settings: Settings) -> dict[int, SequencerCounts]:
+    """The sequencer's committed books per input partition number (``counts`` changelog)."""
+    topic = Topics.of(settings).changelog("sequencer", "counts")
+    books: dict[int, SequencerCounts] = {}
+    for p, key, value in await read_changelog(settings, topic, range(settings.partitions)):
+        if key == COUNTS_KEY and value is not None:
+            books[p] = decode_counts(value)
+    return books

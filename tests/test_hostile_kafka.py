@@ -30,8 +30,9 @@ from rules.fold import Fold
 from rules.policy import load_policy
 from schemas.codec import Codec
 from schemas.exceptions import SchemaError
-from streams.cores import DEAD_LETTER_RAW_MAX
+from streams.cores import DEAD_LETTER_RAW_MAX, SequencerCounts
 from streams.publish import producer_config, read_topic, route, seq_header
+from streams.sequencer import read_books
 from streams.topics import INPUTS, Topics, create_all
 from streams.worker import spawn, terminate
 from yibao.generate import GenerateConfig, generate_to_path
@@ -353,6 +354,12 @@ def run_hostile(bootstrap: str, prefix: str, tmp: Path, *, households: int, host
               "outputs": len(live)}
     assert ledger == fold.counts.applied
     assert read == ledger + fold.counts.duplicates + len(letters), counts
+    # ... and the sequencer's own committed books (`yibao books`) say the same
+    books = SequencerCounts()
+    for c in asyncio.run(read_books(s)).values():
+        books.add(c)
+    assert (books.read, books.sequenced, books.duplicates, books.dead_lettered) == (
+        read, ledger, fold.counts.duplicates, len(letters)), (books, counts)
     return counts
 
 

@@ -197,9 +197,9 @@ main.add_command(schema)
 
 # -- live pipeline (issue 4) ----------------------------------------------------------------
 
-from yibao.livecli import export, publish, topics, worker  # noqa: E402
+from yibao.livecli import books, export, publish, topics, worker  # noqa: E402
 
-for _command in (topics, publish, export, worker):
+for _command in (topics, publish, export, worker, books):
     main.add_command(_command)
 
 # -- projections, replay, audits, reports (issue 5) -------------------------------------------
