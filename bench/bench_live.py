@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -134,17 +135,7 @@ async def raw_ceiling(settings: Settings, n_records: int) -> float:
         await producer.stop()
 
 
-async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float,
-                  seconds: float) -> list[float]:
-    """Publish ``lines`` at the rate that makes 1,000 checkouts/s; return latencies (ms)."""
-    closed = [b'"type": "VisitClosed"' in ln for ln in lines]
-    share = sum(closed) / len(lines)
-    rate = checkouts_per_s / share
-    lines = lines[: int(rate * seconds)]
-    closed = closed[: len(lines)]
-    sent: dict[str, float] = {}
-    got: dict[str, float] = {}
-    topic = Topics.of(settings).settlements
+async def _reader_at_end(settings: Settings, topic: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         **client_options(settings), group_id=None,
         isolation_level="read_committed", fetch_max_wait_ms=2, enable_auto_commit=False,
@@ -156,6 +147,31 @@ async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float
     await consumer.seek_to_end(*tps)
     for tp in tps:
         await consumer.position(tp)
+    return consumer
+
+
+@dataclass
+class Latencies:
+    total: list[float]  # send of the checkout -> its settlement read (ms)
+    sequencer: list[float]  # send -> the checkout read from the ledger (committed)
+    processor: list[float]  # ledger -> settlement
+
+
+async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float,
+                  seconds: float) -> Latencies:
+    """Publish ``lines`` at the rate that makes 1,000 checkouts/s; return latencies (ms),
+    end to end and split at the ledger (where the sequencer hands over to the processor)."""
+    closed = [b'"type": "VisitClosed"' in ln for ln in lines]
+    share = sum(closed) / len(lines)
+    rate = checkouts_per_s / share
+    lines = lines[: int(rate * seconds)]
+    closed = closed[: len(lines)]
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+    ledgered: dict[str, float] = {}
+    t = Topics.of(settings)
+    consumer = await _reader_at_end(settings, t.settlements)
+    ledger = await _reader_at_end(settings, t.ledger)
     want = {_event_id(ln) for ln, c in zip(lines, closed, strict=True) if c}
 
     async def read() -> None:
@@ -168,17 +184,37 @@ async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float
                     if cause in want and kind in ("ClaimSettled", "ClaimRejected"):
                         got.setdefault(cause, now)
 
+    async def read_ledger() -> None:
+        while len(ledgered) < len(want):
+            batch = await ledger.getmany(timeout_ms=50)
+            now = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    if b'"type": "VisitClosed"' in r.value:
+                        ledgered.setdefault(_event_id(r.value), now)
+
     def on_send(line: bytes) -> None:
         if b'"type": "VisitClosed"' in line:
             sent[_event_id(line)] = time.perf_counter()
 
-    reader = asyncio.create_task(read())
+    readers = [asyncio.create_task(read()), asyncio.create_task(read_ledger())]
     await publish_lines(settings, lines, rate=rate, on_send=on_send, linger_ms=0)
     try:
-        await asyncio.wait_for(reader, 60)
+        await asyncio.wait_for(asyncio.gather(*readers), 60)
     finally:
         await consumer.stop()
-    return [(got[e] - sent[e]) * 1000 for e in want if e in got and e in sent]
+        await ledger.stop()
+    both = [e for e in want if e in got and e in sent and e in ledgered]
+    return Latencies(
+        total=[(got[e] - sent[e]) * 1000 for e in want if e in got and e in sent],
+        sequencer=[(ledgered[e] - sent[e]) * 1000 for e in both],
+        processor=[(got[e] - ledgered[e]) * 1000 for e in both],
+    )
+
+
+def p50_p99(xs: list[float]) -> tuple[float, float]:
+    s = sorted(xs)
+    return statistics.median(s), s[min(len(s) - 1, int(len(s) * 0.99))]
 
 
 def stage_report(logdir: Path) -> None:
@@ -226,13 +262,15 @@ async def main_async(args: argparse.Namespace) -> str:
     print(f"bench-live: prefix {prefix}, {args.partitions} partitions; log {len(log):,} events "
           f"({args.copies} copies of the sample) -> {n_log:,} outputs", file=sys.stderr)
     logdir = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    env = {"YIBAO_LOG_LEVEL": "info"}
+    if args.merge_wait_ms is not None:
+        env["YIBAO_MERGE_WAIT_MS"] = str(args.merge_wait_ms)
     if args.split:  # one process per stage: each gets its own core (and GIL)
         procs = [spawn(settings, worker_id=f"bench-{st}", log_file=logdir / f"{st}.log",
-                       env={"YIBAO_LOG_LEVEL": "info", "YIBAO_STAGES": st})
+                       env={**env, "YIBAO_STAGES": st})
                  for st in ("sequencer", "processor")]
     else:
-        procs = [spawn(settings, worker_id="bench", log_file=logdir / "worker.log",
-                       env={"YIBAO_LOG_LEVEL": "info"})]
+        procs = [spawn(settings, worker_id="bench", log_file=logdir / "worker.log", env=env)]
     print(f"  workers: {len(procs)} process(es), logs in {logdir}", file=sys.stderr)
     try:
         await publish_lines(settings, warm)
@@ -248,11 +286,14 @@ async def main_async(args: argparse.Namespace) -> str:
         print(f"  end to end: {len(log):,} events in {last - started:.2f} s "
               f"(publishing took {published:.2f} s) = {e2e:,.0f} events/s", file=sys.stderr)
         # 3. latency at 1,000 checkouts/s (before the raw run, on a quiet machine)
-        lats = sorted(await latency(settings, lat_log, args.checkouts, args.seconds))
-        p50 = statistics.median(lats)
-        p99 = lats[min(len(lats) - 1, int(len(lats) * 0.99))]
-        print(f"  latency: {len(lats):,} checkouts at {args.checkouts:,.0f}/s offered: "
-              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {lats[-1]:.1f} ms", file=sys.stderr)
+        lat = await latency(settings, lat_log, args.checkouts, args.seconds)
+        p50, p99 = p50_p99(lat.total)
+        print(f"  latency: {len(lat.total):,} checkouts at {args.checkouts:,.0f}/s offered: "
+              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lat.total):.1f} ms", file=sys.stderr)
+        for name, xs in (("publish -> ledger (sequencer)", lat.sequencer),
+                         ("ledger -> settlement (processor)", lat.processor)):
+            a, b = p50_p99(xs)
+            print(f"    {name}: p50 {a:.1f} ms, p99 {b:.1f} ms", file=sys.stderr)
     finally:
         for proc in procs:
             terminate(proc)
@@ -273,6 +314,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--split", action=argparse.BooleanOptionalAction, default=False,
                     help="run the sequencer and the processor in separate processes")
+    ap.add_argument("--merge-wait-ms", type=int, default=None,
+                    help="the workers' YIBAO_MERGE_WAIT_MS (default: the worker's default)")
     args = ap.parse_args()
     try:
         import uvloop

@@ -186,6 +186,10 @@ def main() -> None:
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
     ap.add_argument("--window", type=float, default=5.0, help="report window, minutes")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--merge-wait-ms", type=int, default=200,
+                    help="the worker's YIBAO_MERGE_WAIT_MS: the log squeezes two years into the run "
+                         "(an event-minute is a few ms), so the skew between topics the merge must "
+                         "absorb is far above the 20 ms default")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--snapshot-every", type=float, default=30.0)
     ap.add_argument("--kafka-port", type=int, default=19192,
@@ -215,7 +219,8 @@ def main() -> None:
     asyncio.run(create_all(s))
     db = folder / "soak.duckdb"
     worker = spawn(s, worker_id="soak", log_file=folder / "worker.log",
-                   env={"YIBAO_LOG_LEVEL": "info"})
+                   env={"YIBAO_LOG_LEVEL": "info",
+                        "YIBAO_MERGE_WAIT_MS": str(args.merge_wait_ms)})
     projector = spawn_projector(s, db, folder / "projector.log", args.snapshot_every)
     pids = {"worker": worker.pid, "projector": projector.pid, "publisher": os.getpid()}
     bpid = broker_pid(base)
