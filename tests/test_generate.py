@@ -240,8 +240,8 @@ def test_validates_against_the_project_schema(year_log: tuple[list[bytes], Gener
 
 
 def test_payments_are_mostly_accepted(year_log: tuple[list[bytes], GenerateStats]) -> None:
-    """The generator sizes payments from its mirror of the settlement rules: settled through
-    the project's engine, nearly every payment is accepted and every repayment fits."""
+    """The generator sizes payments from the engine's own state of each household: settled
+    through the project's engine, nearly every payment is accepted and every repayment fits."""
     engine_mod = pytest.importorskip("rules.engine")
     policy_mod = pytest.importorskip("rules.policy")
     state_mod = pytest.importorskip("rules.state")

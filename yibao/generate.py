@@ -10,19 +10,22 @@ How it works
 Each household is a small discrete-event simulation (:class:`_Household`): persons with an
 age, a scheme, a region, chronic conditions, special diseases, credit lines and so on; a local
 heap of scheduled actions (a registration, the next visit, a charge, a checkout, a payment,
-a monthly repayment, ...). Popping an action applies it to the household's state and returns
-the event it publishes. The households' event streams are merged by ``occurred_at`` with
+a monthly repayment, ...). Popping an action updates the household's plans and returns the
+event it publishes. The households' event streams are merged by ``occurred_at`` with
 :func:`heapq.merge` (ties: household number, then order of scheduling), so the log is sorted
 and a household's timeline is consistent (registration before visits; a visit's open before
 its charges before its checkout before its payments and refunds).
 
-The household state mirrors the settlement rules (settlement.md, the national default
-policy) closely enough to know each visit's ``cash_due``, the credit owed to each bank and
-the balances of personal accounts: payments and repayments are sized from it, so most are
-accepted and the rejected ones are the deliberate ones (over-payments, deposits before
-checkout, credit without a line or over the limit, repayments above the balance). The
-estimate is only as good as that mirror (a region override in the policy file moves it); the
-log itself never depends on the processors.
+Each household's events go through the settlement engine as they are made (decoded by the
+contract's codec, decided and evolved by :class:`rules.engine.Engine` under the national
+default policy, on a :class:`rules.state.State` of the household's own: what the live
+processor keeps per household key). Payments and repayments are sized from that state, so
+most are accepted and the rejected ones are the deliberate ones (over-payments, deposits
+before checkout, credit without a line or over the limit, repayments above the balance).
+Why the engine and not a copy of the rules: a copy drifts whenever settlement.md or the
+policy file changes, and every drift turns sized payments into spurious rejections; one
+source of truth also means a region override in the policy moves the sizing with it. The
+engine is pure, so this needs no broker and keeps the log deterministic.
 
 Mixed in at low rates: well-formed events that the rules must reject (a second registration,
 family aid across households, a visit opened twice, charges after checkout, a second
@@ -52,6 +55,12 @@ from typing import IO, Any, NamedTuple
 
 import msgspec
 
+from rules.engine import Engine
+from rules.policy import load_policy
+from rules.state import Person, State, Visit
+from schemas.codec import Codec
+from schemas.events import ClaimSettled, OutputEvent
+
 Event = dict[str, Any]
 Action = Callable[[int, Any], "Event | None"]
 
@@ -77,10 +86,6 @@ def _date_str(dn: int) -> str:
     if s is None:
         s = _DATE_STR[dn] = date.fromordinal(_EPOCH_ORD + dn).isoformat()
     return s
-
-
-def _year(dn: int) -> int:
-    return int(_date_str(dn)[:4])
 
 
 def _ts(ms: int, utc: bool, millis: bool = True) -> str:
@@ -111,94 +116,6 @@ def _at_local(dn: int, tod_ms: int) -> int:
 def _month_start(dn: int) -> int:
     d = date.fromordinal(_EPOCH_ORD + dn)
     return _day(d.replace(day=1))
-
-
-D2020 = _day(date(2020, 1, 1))
-D2025 = _day(date(2025, 1, 1))
-
-# ------------------------------------------------------------------- policy (settlement.md)
-
-
-class _Scheme(NamedTuple):
-    b_first: int
-    inp_ded: tuple[int, int, int]
-    inp_rate: tuple[int, int, int]
-    inp_bonus: int
-    op_ded: int
-    op_rate: tuple[int, int, int]
-    op_bonus: int
-    op_cap: int
-    pooled_cap: int
-    major_t: int
-    tiers: tuple[tuple[int, int], ...]
-    major_cap: int
-
-
-_EMP = _Scheme(
-    1000,
-    (30000, 60000, 90000),
-    (9500, 9000, 8500),
-    500,
-    20000,
-    (7000, 6000, 5000),
-    1000,
-    300000,
-    45_000_000,
-    3_000_000,
-    ((0, 8000), (10_000_000, 9000)),
-    50_000_000,
-)
-_RES20 = _Scheme(
-    1500,
-    (20000, 50000, 80000),
-    (8500, 7500, 6000),
-    0,
-    10000,
-    (6000, 5000, 4000),
-    0,
-    30000,
-    25_000_000,
-    2_000_000,
-    ((0, 4000), (5_000_000, 5000), (15_000_000, 6000)),
-    40_000_000,
-)
-_RES25 = _RES20._replace(op_cap=50000, tiers=((0, 6000), (5_000_000, 7000), (15_000_000, 8000)))
-_POLICY = {2020: {"employee": _EMP, "resident": _RES20}, 2025: {"employee": _EMP, "resident": _RES25}}
-_CHRONIC_RATE = 5000
-_CHRONIC_CAP = {"hypertension": 30000, "diabetes": 50000}
-_CHRONIC_PREFIX = {
-    **{f"I1{i}": "hypertension" for i in range(6)},
-    **{f"E1{i}": "diabetes" for i in range(5)},
-}
-_ASSIST = {  # deductible, rate, cap
-    "extreme_poverty": (0, 10000, 10_000_000),
-    "low_income": (0, 7000, 6_000_000),
-    "marginal": (100_000, 6000, 4_000_000),
-}
-_SPECIAL_LIMIT: dict[str, int | None] = {
-    "DIALYSIS": None,
-    "CANCER_TX": None,
-    "TRANSPLANT": 6_000_000,
-    "SEVERE_MENTAL": 600_000,
-    "DIABETES_COMPLICATED": 400_000,
-    "HYPERTENSION_COMPLICATED": 300_000,
-    "HEMOPHILIA": 8_000_000,
-    "COPD": 300_000,
-    "RHEUMATOID_ARTHRITIS": 300_000,
-    "PARKINSONS": 400_000,
-}
-_SPECIAL_2020 = frozenset(list(_SPECIAL_LIMIT)[:6])
-_SPECIAL_TABLE = {2020: _SPECIAL_2020, 2025: frozenset(_SPECIAL_LIMIT)}
-_ASSIST_MAJOR_BONUS = 500
-_CROSS_PENALTY = 1000
-
-
-def _pct(x: int, r: int) -> int:
-    return (x * r + 5000) // 10000
-
-
-def _clamp(r: int) -> int:
-    return 0 if r < 0 else 10000 if r > 10000 else r
 
 
 # ------------------------------------------------------------------------- geography
@@ -507,41 +424,16 @@ P_NO_ACCOUNT = 0.08  # checkout with use_personal_account false
 # ---------------------------------------------------------------------------- the people
 
 
-class _Settlement:
-    __slots__ = ("cash", "credit", "deltas", "family", "own", "paid", "year")
-
-    def __init__(
-        self,
-        year: int,
-        deltas: list[tuple[str, int]],
-        own: int,
-        family: list[tuple[_Person, int]],
-        cash: int,
-    ) -> None:
-        self.year = year
-        self.deltas = deltas
-        self.own = own
-        self.family = family
-        self.cash = cash
-        self.paid = 0
-        self.credit: dict[str, int] = {}
-
-
-_NO_LINES: dict[str, tuple[str, int, int | None]] = {}
-
-
 class _Visit:
     __slots__ = (
         "diagnoses",
         "fac",
         "kind",
         "level",
-        "lines",
         "nbatch",
         "npay",
         "open_day",
         "person",
-        "settlement",
         "special",
         "vid",
     )
@@ -564,20 +456,17 @@ class _Visit:
         self.open_day = open_day
         self.diagnoses = diagnoses
         self.special = special
-        self.lines: dict[str, tuple[str, int, int | None]] = {}
-        self.settlement: _Settlement | None = None
         self.nbatch = 0
         self.npay = 0
 
 
 class _Person:
-    """What the generator knows about a person (plans) and what the processors would hold
-    (state, updated only by the events as they are published)."""
+    """What the generator plans for a person. What the processors hold about them is the
+    engine's :class:`rules.state.Person`, in the household's state."""
 
     def __init__(self, pid: str, idx: int) -> None:
         self.pid = pid
         self.idx = idx
-        # plan
         self.birth = 0
         self.sex = "M"
         self.scheme = "resident"
@@ -594,37 +483,9 @@ class _Person:
         self.filing: tuple[str, int, int] | None = None  # planned: region, from, to
         self.banks: list[str] = []  # planned credit lines
         self.busy_until = 0
-        # state, as the processors see it
-        self.registered = False
-        self.balance = 0
-        self.assist_hist: list[tuple[int, str | None]] = []
-        self.susp_hist: list[tuple[int, bool]] = []
-        self.death_known: int | None = None
-        self.certs: list[tuple[str, int, int]] = []
-        self.filings: list[tuple[str, int, int]] = []
-        self.payers: list[_Person] = []
-        self.credit_limit: dict[str, int] = {}
-        self.credit_out: dict[str, int] = {}
-        self.acc: dict[int, dict[str, int]] = {}
-        self.visits: dict[str, _Visit] = {}
 
     def age(self, dn: int) -> int:
         return (dn - self.birth) * 100 // 36525
-
-    @staticmethod
-    def _in_force(hist: list[tuple[int, Any]], dn: int, default: Any) -> Any:
-        best = default
-        best_day = -(10**9)
-        for day, value in hist:  # in event order: among equal dates the later wins
-            if best_day <= day <= dn:
-                best_day, best = day, value
-        return best
-
-    def assistance_on(self, dn: int) -> str | None:
-        return self._in_force(self.assist_hist, dn, None)  # type: ignore[no-any-return]
-
-    def suspended_on(self, dn: int) -> bool:
-        return self._in_force(self.susp_hist, dn, False)  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------- a household
@@ -636,6 +497,8 @@ def _lognormal_fen(rng: random.Random, median_yuan: float, sigma: float, lo: int
 
 
 Line = tuple[_Item, int, int, int | None]  # item, quantity, unit price, cap_fen
+# The engine wants a valid event_id; the writer numbers events in log order, later.
+_UNNUMBERED = "E00000000"
 
 
 class _Household:
@@ -648,6 +511,8 @@ class _Household:
         self.seq = 0
         self.nvisit = 0
         self.persons: list[_Person] = []
+        self.state = State()
+        self._folded: Event | None = None
         self.start = gen.start_ms
         self.end = gen.end_ms
         self.years = max(gen.days / 365.0, 1 / 365)
@@ -655,10 +520,25 @@ class _Household:
 
     def close(self) -> None:
         self.heap.clear()
-        for p in self.persons:
-            p.visits.clear()
-            p.payers.clear()
         self.persons.clear()
+        self.state.persons.clear()
+
+    # -- the processors' view ----------------------------------------------------------------
+
+    def fold(self, e: Event) -> list[OutputEvent]:
+        """Settle ``e`` on the household's state, exactly as the processors will (the codec's
+        decoding included, so defaults of omitted fields agree); its outputs."""
+        self._folded = e
+        return self.gen.engine.apply(self.state, self.gen.decode(self.gen.encode(e)))
+
+    def held(self, p: _Person) -> Person | None:
+        """What the processors hold about ``p`` (None until an event names them): sizing reads
+        this, never the plan, so a sized payment cannot disagree with them."""
+        return self.state.persons.get(p.pid)
+
+    def held_visit(self, v: _Visit) -> Visit | None:
+        p = self.state.persons.get(v.person.pid)
+        return p.visits.get(v.vid) if p is not None else None
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -676,6 +556,8 @@ class _Household:
                 return
             ev = fn(ms, arg)
             if ev is not None:
+                if ev is not self._folded:  # an action that needed its outcome folded it itself
+                    self.fold(ev)
                 yield ms, idx, seq, ev
 
     def pid(self, i: int) -> str:
@@ -695,7 +577,7 @@ class _Household:
     def env(self, typ: str, ms: int, source: str, pid: str) -> Event:
         return {
             "type": typ,
-            "event_id": None,
+            "event_id": _UNNUMBERED,
             "schema_version": 1,
             "occurred_at": _ts(ms, self.rng.random() < 0.25),
             "source": source,
@@ -897,9 +779,12 @@ class _Household:
             self._certify(p, code, frm2, rng.choice((365, 730)), max(t, ms + 1))
 
     def _special_code(self) -> str:
+        """A disease to certify; mostly one the policy covers when the log starts, since an
+        uncovered one only yields SPECIAL_DISEASE_NOT_CERTIFIED rejections."""
+        g = self.gen
         code = self.rng.choices(_SPECIAL_CODES, _SPECIAL_W)[0]
-        if code not in _SPECIAL_2020 and self.gen.start_day < D2025 and self.rng.random() < 0.75:
-            code = self.rng.choices(_SPECIAL_CODES[:6], _SPECIAL_W[:6])[0]
+        if code not in g.covered and g.covered_codes and self.rng.random() < 0.75:
+            code = self.rng.choices(g.covered_codes, g.covered_w)[0]
         return code
 
     def _plan_births(self, reg_day: int) -> None:
@@ -1027,42 +912,18 @@ class _Household:
         e["assistance"] = p.assistance
         e["effective_from"] = _date_str(p.eff)
         e["personal_account_fen"] = p.opening_balance
-        if not p.registered:
-            p.registered = True
-            p.balance = p.opening_balance
-            p.assist_hist.append((p.eff, p.assistance))
-            p.susp_hist.append((p.eff, False))
         return e
-
-    def _member(self, pid: str) -> _Person | None:
-        for q in self.persons:
-            if q.pid == pid:
-                return q
-        return None
 
     def _a_aid(self, ms: int, arg: tuple[_Person, str]) -> Event:
         payer, bid = arg
         e = self.env("FamilyAidAuthorized", ms, payer.source, payer.pid)
         e["beneficiary_id"] = bid
-        b = self._member(bid)
-        if (
-            payer.registered
-            and payer.scheme == "employee"
-            and b is not None
-            and b.registered
-            and b is not payer
-            and payer not in b.payers
-        ):
-            b.payers.append(payer)
         return e
 
     def _a_revoke(self, ms: int, arg: tuple[_Person, str]) -> Event:
         payer, bid = arg
         e = self.env("FamilyAidRevoked", ms, payer.source, payer.pid)
         e["beneficiary_id"] = bid
-        b = self._member(bid)
-        if payer.registered and b is not None and payer in b.payers:
-            b.payers.remove(payer)
         return e
 
     def _a_certify(self, ms: int, arg: tuple[_Person, str, int, int]) -> Event:
@@ -1071,8 +932,6 @@ class _Household:
         e["disease_code"] = code
         e["valid_from"] = _date_str(frm)
         e["valid_to"] = _date_str(to)
-        if p.registered and code in _SPECIAL_LIMIT:
-            p.certs.append((code, frm, to))
         return e
 
     def _a_filing(self, ms: int, arg: tuple[_Person, str, int, int]) -> Event:
@@ -1081,8 +940,6 @@ class _Household:
         e["treatment_region"] = region
         e["valid_from"] = _date_str(frm)
         e["valid_to"] = _date_str(to)
-        if p.registered:
-            p.filings.append((region, frm, to))
         return e
 
     def _a_credit_line(self, ms: int, arg: tuple[_Person, str, int]) -> Event:
@@ -1090,9 +947,6 @@ class _Household:
         e = self.env("CreditLineGranted", ms, p.source, p.pid)
         e["bank"] = bank
         e["limit_fen"] = limit
-        if p.registered:
-            p.credit_limit[bank] = limit
-            p.credit_out.setdefault(bank, 0)
         return e
 
     def _a_account_credit(self, ms: int, arg: _Person | tuple[_Person, bool]) -> Event | None:
@@ -1108,8 +962,6 @@ class _Household:
         amount = rng.randrange(30000, 90000) if p.retired else rng.randrange(30000, 150000)
         e = self.env("PersonalAccountCredited", ms, p.source, p.pid)
         e["amount_fen"] = amount
-        if p.registered and p.scheme == "employee":
-            p.balance += amount
         return e
 
     def _a_assist(self, ms: int, arg: tuple[_Person, str | None, int]) -> Event:
@@ -1117,40 +969,35 @@ class _Household:
         e = self.env("AssistanceStatusChanged", ms, p.source, p.pid)
         e["assistance"] = cat
         e["effective_from"] = _date_str(eff)
-        if p.registered:
-            p.assist_hist.append((eff, cat))
         return e
 
     def _a_enrollment(self, ms: int, arg: tuple[_Person, str, int]) -> Event:
         p, typ, eff = arg
         e = self.env(typ, ms, p.source, p.pid)
         e["effective_from"] = _date_str(eff)
-        if p.registered:
-            p.susp_hist.append((eff, typ == "EnrollmentSuspended"))
         return e
 
     def _a_death(self, ms: int, arg: tuple[_Person, int]) -> Event:
         p, day = arg
         e = self.env("PersonDeceased", ms, p.source, p.pid)
         e["date_of_death"] = _date_str(day)
-        if p.registered:
-            p.death_known = day
         return e
 
     def _a_repay(self, ms: int, p: _Person) -> Event | None:
         rng = self.rng
         if rng.random() < 0.97:
             self.at(ms + rng.randrange(26, 35) * DAY_MS, self._a_repay, p)
-        owing = [b for b, v in p.credit_out.items() if v > 0]
+        limits, owed = self._credit(p)
+        owing = [b for b in limits if owed.get(b, 0) > 0]
         r = rng.random()
         if r < 0.01:  # to a bank that never granted a line
-            bank = rng.choice([b for b in _BANKS if b not in p.credit_limit])
+            bank = rng.choice([b for b in _BANKS if b not in limits])
             amount = rng.randrange(1000, 200000)
         elif not owing:
             return None
         else:
             bank = owing[0]
-            out = p.credit_out[bank]
+            out = owed[bank]
             if r < 0.03:
                 amount = out + rng.randrange(100, 20000)  # more than is owed
             elif r < 0.75 or out < 100:
@@ -1162,20 +1009,24 @@ class _Household:
         e = self.env("CreditRepaid", ms, p.source, p.pid)
         e["bank"] = bank
         e["amount_fen"] = amount
-        if p.registered and bank in p.credit_limit and amount <= p.credit_out.get(bank, 0):
-            p.credit_out[bank] -= amount
         return e
 
     def _a_repay_once(self, ms: int, p: _Person) -> Event | None:
-        owing = [b for b, v in p.credit_out.items() if v > 0]
+        limits, owed = self._credit(p)
+        owing = [b for b in limits if owed.get(b, 0) > 0]
         if not owing:
             return None
         bank = owing[-1]
         e = self.env("CreditRepaid", ms, p.source, p.pid)
         e["bank"] = bank
-        e["amount_fen"] = p.credit_out[bank]
-        p.credit_out[bank] = 0
+        e["amount_fen"] = owed[bank]
         return e
+
+    def _credit(self, p: _Person) -> tuple[dict[str, int], dict[str, int]]:
+        """``p``'s credit limits and debts by bank; limits are in the order granted, so which bank
+        a repayment goes to first does not depend on the order the debts arose in."""
+        held = self.held(p)
+        return (held.credit_limit, held.credit_outstanding) if held is not None else ({}, {})
 
     # -- actions: care -----------------------------------------------------------------------
 
@@ -1299,8 +1150,6 @@ class _Household:
         e["diagnoses"] = diagnoses
         if special is not None or rng.random() >= P_OMIT_NULL:
             e["special_disease_code"] = special
-        if vid not in p.visits:
-            p.visits[vid] = v
         self._plan_visit(v, ms, dx, days, total)
         return e
 
@@ -1539,8 +1388,9 @@ class _Household:
         if lines == "dup":  # reuse an id already on the visit
             lines = self._outpatient_lines(v, 2000)[-1][1]
             items = self._items(v, lines)
-            if v.lines:
-                items[0]["line_id"] = next(iter(v.lines))
+            visit = self.held_visit(v)
+            if visit is not None and visit.lines:
+                items[0]["line_id"] = next(iter(visit.lines))
             else:
                 items.append(dict(items[0]))
         else:
@@ -1557,32 +1407,20 @@ class _Household:
             e = self.env("ItemsCharged", ms, src, p.pid)
             e["visit_id"] = v.vid
         e["items"] = items
-        known = p.visits.get(v.vid)
-        if known is v and v.settlement is None:
-            ids = [d["line_id"] for d in items]
-            if len(set(ids)) == len(ids) and not any(i in v.lines for i in ids):
-                for d in items:
-                    v.lines[d["line_id"]] = (d["catalog_class"], d["amount_fen"], d.get("cap_fen"))
         return e
 
     def _a_reverse(self, ms: int, arg: tuple[_Visit, list[str] | None]) -> Event | None:
         v, ids = arg
         rng = self.rng
         if ids is None:
-            if not v.lines or v.settlement is not None:
+            visit = self.held_visit(v)
+            if visit is None or not visit.lines or visit.current is not None:
                 return None
-            ids = rng.sample(list(v.lines), min(len(v.lines), 1 if rng.random() < 0.8 else 2))
+            lines = list(visit.lines)
+            ids = rng.sample(lines, min(len(lines), 1 if rng.random() < 0.8 else 2))
         e = self.env("ChargeReversed", ms, v.fac.source, v.person.pid)
         e["visit_id"] = v.vid
         e["line_ids"] = ids
-        if (
-            v.person.visits.get(v.vid) is v
-            and v.settlement is None
-            and len(set(ids)) == len(ids)
-            and all(i in v.lines for i in ids)
-        ):
-            for i in ids:
-                del v.lines[i]
         return e
 
     def _a_reopen(self, ms: int, v: _Visit) -> Event:
@@ -1606,31 +1444,29 @@ class _Household:
         e["closed_at"] = _ts(ms, rng.random() < 0.25, millis=False)
         if not use_pa or rng.random() >= P_OMIT_NULL:
             e["use_personal_account"] = use_pa
-        cash = None
-        if p.visits.get(v.vid) is v and v.settlement is None:
-            cash = self._settle(v, _local_day(ms), use_pa)
+        # Folded now, not after the action: the payments are sized from this settlement.
+        settled = next((o for o in self.fold(e) if isinstance(o, ClaimSettled)), None)
         if not primary:
             return e
         t = ms + rng.randrange(20_000, 5 * MIN_MS)
-        if cash is None:
+        if settled is None:
             if rng.random() < 0.25:  # the patient pays the full bill anyway: NOT_SETTLED
-                total = sum(a for _c, a, _cap in v.lines.values())
+                visit = self.held_visit(v)
+                total = sum(a for _c, a, _cap in visit.lines.values()) if visit is not None else 0
                 if total > 0:
                     self.at(t, self._a_pay, (v, "deposit", total))
             if rng.random() < 0.02:
                 self.at(t + HOUR_MS, self._a_refund, (v, False))
             return e
-        self._plan_payments(v, cash, t)
+        self._plan_payments(v, settled.amounts.cash_due, t)
         if rng.random() < P_REFUND:
             t2 = t + rng.randrange(10 * MIN_MS, 3 * DAY_MS)
             self.at(t2, self._a_refund, (v, True))
-        else:  # settled for good: its lines are never needed again (saves memory)
-            v.lines = _NO_LINES
         return e
 
     def _plan_payments(self, v: _Visit, cash: int, t: int) -> None:
         rng = self.rng
-        p = v.person
+        limits, _owed = self._credit(v.person)
         r = rng.random()
         plan: list[tuple[str, Any]]
         if cash <= 0:
@@ -1638,14 +1474,14 @@ class _Household:
                 plan = [("over", self._method())]
             else:
                 return
-        elif p.credit_limit and (cash >= 50_000 or v.kind == "inpatient") and r < 0.6:
-            bank = rng.choice(list(p.credit_limit))
+        elif limits and (cash >= 50_000 or v.kind == "inpatient") and r < 0.6:
+            bank = rng.choice(list(limits))
             plan = [("credit", bank), ("full", self._method())]
             if rng.random() < 0.2:
                 plan.insert(0, ("credit_all", bank))  # may exceed the limit
         elif r < 0.004:
             plan = [
-                ("credit_all", rng.choice([b for b in _BANKS if b not in p.credit_limit])),
+                ("credit_all", rng.choice([b for b in _BANKS if b not in limits])),
                 ("full", self._method()),
             ]
         elif r < 0.02:
@@ -1667,8 +1503,9 @@ class _Household:
         v, plan, extra = arg
         rng = self.rng
         p = v.person
-        s = v.settlement if p.visits.get(v.vid) is v else None
-        outstanding = s.cash - s.paid if s is not None else 0
+        visit = self.held_visit(v)
+        s = visit.current if visit is not None else None
+        outstanding = s.outstanding if s is not None else 0
         bank = None
         if plan == "deposit":
             method, amount = self._method(), int(extra)
@@ -1685,9 +1522,10 @@ class _Household:
                 amount = outstanding + rng.randrange(100, max(200, outstanding // 5 + 1))
             else:
                 method, bank = "credit", what
-                avail = p.credit_limit.get(bank, 0) - p.credit_out.get(bank, 0)
+                limits, owed = self._credit(p)
+                avail = limits.get(bank, 0) - owed.get(bank, 0)
                 if mode == "credit_all":
-                    amount = outstanding if outstanding > avail or bank not in p.credit_limit else 0
+                    amount = outstanding if outstanding > avail or bank not in limits else 0
                 else:
                     amount = min(outstanding, avail)
         if amount <= 0:
@@ -1700,14 +1538,6 @@ class _Household:
         e["amount_fen"] = amount
         if bank is not None or rng.random() >= P_OMIT_NULL:
             e["bank"] = bank
-        # acceptance, as the processors decide it
-        if s is not None and amount <= outstanding:
-            if method != "credit":
-                s.paid += amount
-            elif bank in p.credit_limit and p.credit_limit[bank] - p.credit_out[bank] >= amount:
-                s.paid += amount
-                p.credit_out[bank] += amount
-                s.credit[bank] = s.credit.get(bank, 0) + amount
         return e
 
     def _a_refund(self, ms: int, arg: tuple[_Visit, bool]) -> Event:
@@ -1717,17 +1547,6 @@ class _Household:
         e = self.env("VisitRefunded", ms, v.fac.source, p.pid)
         e["visit_id"] = v.vid
         e["reason"] = rng.choice(_REFUND_REASONS)
-        s = v.settlement
-        if s is not None and p.visits.get(v.vid) is v:
-            acc = p.acc[s.year]
-            for k, dv in s.deltas:
-                acc[k] -= dv
-            p.balance += s.own
-            for payer, amt in s.family:
-                payer.balance += amt
-            for bank, amt in s.credit.items():
-                p.credit_out[bank] -= amt
-            v.settlement = None
         if follow and rng.random() < 0.92:  # corrected and checked out again
             t = ms + rng.randrange(2 * MIN_MS, 20 * MIN_MS)
             if rng.random() < 0.6:
@@ -1740,132 +1559,6 @@ class _Household:
                 t + rng.randrange(MIN_MS, 30 * MIN_MS), self._a_close, (v, rng.random() >= P_NO_ACCOUNT, True)
             )
         return e
-
-    # -- settlement (a mirror of settlement.md, for cash_due) ---------------------------------
-
-    def _settle(self, v: _Visit, dn: int, use_pa: bool) -> int | None:
-        """Settle ``v`` on service date ``dn``; the cash due, or None if it is rejected."""
-        p = v.person
-        if not p.registered or dn < D2020 or dn < p.eff or p.suspended_on(dn):
-            return None
-        if p.death_known is not None and p.death_known < v.open_day:
-            return None
-        ver = 2025 if dn >= D2025 else 2020
-        kind = v.kind
-        code = v.special
-        if kind == "outpatient_special" and (
-            code not in _SPECIAL_TABLE[ver] or not any(c == code and f <= dn <= t for c, f, t in p.certs)
-        ):
-            return None
-        sch = _POLICY[ver][p.scheme]
-        spf = ovc = fsp = elig = 0
-        bfirst = sch.b_first
-        for cls, a, cap in v.lines.values():
-            if cls == "C":
-                spf += a
-                continue
-            over = a - cap if cap is not None and a > cap else 0
-            ovc += over
-            c = a - over
-            if cls == "A":
-                elig += c
-            else:
-                f = (c * bfirst + 5000) // 10000
-                fsp += f
-                elig += c - f
-        year = _year(dn)
-        acc = p.acc.get(year)
-        if acc is None:
-            acc = p.acc[year] = Counter()
-        penalty = 0
-        fr = v.fac.region
-        if fr[:2] != p.region[:2] and not any(r == fr and f <= dn <= t for r, f, t in p.filings):
-            penalty = _CROSS_PENALTY
-        retired = p.scheme == "employee" and p.retired
-        lvl = v.level - 1
-        deltas: list[tuple[str, int]] = []
-        major_applies = False
-        if kind == "inpatient":
-            n = acc["adm"] + 1
-            d = sch.inp_ded[lvl]
-            if n >= 2:
-                d = _pct(d, 5000)
-            ded = min(elig, d)
-            r = _clamp(sch.inp_rate[lvl] + (sch.inp_bonus if retired else 0) - penalty)
-            fund = min(_pct(elig - ded, r), sch.pooled_cap - acc["pooled"])
-            deltas += [("pooled", fund), ("adm", 1)]
-            major_applies = True
-        elif kind == "outpatient_special":
-            assert code is not None
-            r = _clamp(sch.inp_rate[lvl] + (sch.inp_bonus if retired else 0) - penalty)
-            fund = min(_pct(elig, r), sch.pooled_cap - acc["pooled"])
-            limit = _SPECIAL_LIMIT[code]
-            if limit is not None:
-                fund = min(fund, limit - acc["sp:" + code])
-            deltas += [("sp:" + code, fund), ("pooled", fund)]
-            major_applies = True
-        else:
-            cond = None
-            if kind == "outpatient_chronic" and p.scheme == "resident" and lvl <= 1:
-                for dx in v.diagnoses:
-                    cond = _CHRONIC_PREFIX.get(dx[:3])
-                    if cond is not None:
-                        break
-            if cond is not None:
-                r = _clamp(_CHRONIC_RATE - penalty)
-                fund = min(_pct(elig, r), _CHRONIC_CAP[cond] - acc["ch:" + cond])
-                deltas.append(("ch:" + cond, fund))
-            else:
-                ded = min(elig, sch.op_ded - acc["opded"])
-                r = _clamp(sch.op_rate[lvl] + (sch.op_bonus if retired else 0) - penalty)
-                fund = min(_pct(elig - ded, r), sch.op_cap - acc["opfund"])
-                deltas += [("opded", ded), ("opfund", fund)]
-        oop = elig - fund
-        cat = p.assistance_on(dn)
-        major = 0
-        if major_applies:
-            big_t, bonus = sch.major_t, 0
-            if cat is not None:
-                big_t, bonus = _pct(big_t, 5000), _ASSIST_MAJOR_BONUS
-            mo = acc["major_oop"]
-            a, b = max(mo, big_t), max(mo + oop, big_t)
-            tiers = sch.tiers
-            total = 0
-            for i, (frm, rate) in enumerate(tiers):
-                lo = big_t + frm
-                top = b if i + 1 == len(tiers) else min(b, big_t + tiers[i + 1][0])
-                part = top - max(a, lo)
-                if part > 0:
-                    total += _pct(part, _clamp(rate + bonus))
-            major = min(total, sch.major_cap - acc["major_paid"])
-            deltas += [("major_oop", oop), ("major_paid", major)]
-        assist = 0
-        if cat is not None:
-            a_ded, a_rate, a_cap = _ASSIST[cat]
-            rest = oop - major
-            ded = min(rest, a_ded - acc["a_ded"])
-            assist = min(_pct(rest - ded, a_rate), a_cap - acc["a_paid"])
-            deltas += [("a_ded", ded), ("a_paid", assist)]
-        share = spf + ovc + fsp + oop - major - assist
-        own = 0
-        family: list[tuple[_Person, int]] = []
-        rest = share
-        if use_pa:
-            own = min(p.balance, share)
-            p.balance -= own
-            rest -= own
-            for payer in p.payers:
-                if rest <= 0:
-                    break
-                if payer.balance > 0:
-                    x = min(payer.balance, rest)
-                    payer.balance -= x
-                    rest -= x
-                    family.append((payer, x))
-        for k, dv in deltas:
-            acc[k] += dv
-        v.settlement = _Settlement(year, deltas, own, family, rest)
-        return rest
 
 
 # --------------------------------------------------------------------------- bad lines
@@ -2102,6 +1795,14 @@ class _Generator:
         self.days = self.end_day - self.start_day
         self.start_ms = _at_local(self.start_day, 0)
         self.end_ms = _at_local(self.end_day, 0)
+        policy = load_policy()
+        self.engine = Engine(policy)
+        self.decode = Codec().decode
+        self.encode = msgspec.json.Encoder().encode
+        covered = policy.versions[max(0, policy.version_index(cfg.start))].special_diseases
+        self.covered = frozenset(covered)
+        self.covered_codes = [c for c in _SPECIAL_CODES if c in covered]
+        self.covered_w = [w for c, w in zip(_SPECIAL_CODES, _SPECIAL_W, strict=True) if c in covered]
 
 
 def generate(cfg: GenerateConfig, out: IO[bytes]) -> GenerateStats:
@@ -2165,7 +1866,7 @@ def _generate(cfg: GenerateConfig, out: IO[bytes]) -> GenerateStats:
             write(buf)
             buf = bytearray()
     write(buf)
-    for h in households:  # break the person <-> visit cycles: freed by refcount, no GC pass
+    for h in households:  # break the household <-> scheduled action cycles: freed by refcount, no GC pass
         h.close()
     stats.lines = line
     stats.duplicates = ndup
