@@ -26,6 +26,7 @@ from schemas.events import OutputEvent
 from streams.cores import DeadLetterAppend, ProcessorCore, SequencerCore
 from streams.merge import TP, Record
 from streams.topics import create_all
+from yibao.kafka_io import SendWindow
 from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
@@ -54,7 +55,7 @@ async def simulate(settings: Settings, lines: Iterable[bytes], *, policy: Policy
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
     counts = {"ledger": 0, "settlements": 0, "deadletter": 0}
-    pending: list[asyncio.Future[Any]] = []
+    window = SendWindow(producer, chunk, on_progress)
     now = time.monotonic()
     try:
         for i, raw in enumerate(lines):
@@ -66,30 +67,21 @@ async def simulate(settings: Settings, lines: Iterable[bytes], *, policy: Policy
             if out is None:
                 continue
             if isinstance(out, DeadLetterAppend):
-                pending.append(await producer.send(t_dead, out.value, key=out.key, partition=0))
+                await window.send(t_dead, out.value, key=out.key, partition=0)
                 counts["deadletter"] += 1
                 continue
             p = zlib.crc32(out.key) % n
-            pending.append(await producer.send(t_ledger, out.value, key=out.key, partition=p,
-                                               timestamp_ms=out.timestamp))
+            await window.send(t_ledger, out.value, key=out.key, partition=p, timestamp_ms=out.timestamp)
             counts["ledger"] += 1
             for o in proc.apply(p, out.key, out.value):
                 o2 = tamper(o) if tamper is not None else o
                 if o2 is None:
                     continue
-                pending.append(await producer.send(t_settle, codec.encode(o2), key=out.key,
-                                                   partition=p, timestamp_ms=out.timestamp))
+                await window.send(t_settle, codec.encode(o2), key=out.key, partition=p,
+                                  timestamp_ms=out.timestamp)
                 counts["settlements"] += 1
             proc.take_changes()
-            if len(pending) >= chunk:
-                await asyncio.gather(*pending)
-                if on_progress:
-                    on_progress(len(pending))
-                pending.clear()
-        await producer.flush()
-        await asyncio.gather(*pending)
-        if on_progress:
-            on_progress(len(pending))
+        await window.drain()
     finally:
         await producer.stop()
     return counts

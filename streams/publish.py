@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.events import TOPIC_OF
 from streams.topics import Topics
+from yibao.kafka_io import SendWindow
 from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
@@ -121,7 +122,7 @@ async def publish_lines(
     counts: dict[str, int] = {}
     base = new_seq_base()
     last_ts = 0
-    pending: list[asyncio.Future[Any]] = []
+    window = SendWindow(producer, 5000, on_progress)
     started = time.monotonic()
     try:
         for i, line in enumerate(lines):
@@ -137,24 +138,16 @@ async def publish_lines(
             name = topics.name(r.topic)
             if on_send is not None:
                 on_send(raw)
-            pending.append(await producer.send(
+            await window.send(
                 # 0, not None, for a malformed first line (no previous timestamp): None
                 # means the producer's wall clock, far ahead of any event time, and the
                 # merge would hold everything behind it in its partition until the rest
                 # of the input is drained (a reordered settlement).
                 name, raw, key=r.key, timestamp_ms=r.timestamp,
                 headers=[seq_header(base + i)],
-            ))
+            )
             counts[name] = counts.get(name, 0) + 1
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                if on_progress:
-                    on_progress(len(pending))
-                pending.clear()
-        await producer.flush()
-        await asyncio.gather(*pending)
-        if on_progress:
-            on_progress(len(pending))
+        await window.drain()
     finally:
         await producer.stop()
     return counts
