@@ -61,25 +61,44 @@ class MemoryStore:
         self.data.clear()
 
 
-class RocksStore:
-    """RocksDB through rocksdict (raw bytes), sized so its memory has a fixed ceiling:
-    a ``cache_mb`` block cache and two 16 MB memtables, whatever the data on disk."""
+class RocksMemory:
+    """One memory budget for all of a worker's RocksDB stores (one per ledger partition):
+    a shared block cache that the memtables are charged to as well (RocksDB's write buffer
+    manager), so the ceiling is ``cache_mb`` whatever the number of partitions or the data
+    on disk. Without it each store had its own cache and memtables: 64 MB per partition."""
 
-    def __init__(self, path: Path, *, cache_mb: int = 32) -> None:
+    def __init__(self, cache_mb: int = 64) -> None:
         try:
-            from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteOptions
+            from rocksdict import Cache, WriteBufferManager
         except ImportError as exc:  # pragma: no cover - rocksdict is a pinned dependency
             raise StoreError("the rocksdb store needs the rocksdict package") from exc
+        size = cache_mb * 1024 * 1024
+        self.cache = Cache(size)
+        self.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
+            size // 2, False, self.cache)
+
+
+class RocksStore:
+    """RocksDB through rocksdict (raw bytes), within a :class:`RocksMemory` budget."""
+
+    def __init__(self, path: Path, memory: RocksMemory | None = None) -> None:
+        try:
+            from rocksdict import BlockBasedOptions, Options, Rdict, WriteOptions
+        except ImportError as exc:  # pragma: no cover - rocksdict is a pinned dependency
+            raise StoreError("the rocksdb store needs the rocksdict package") from exc
+        memory = memory or RocksMemory(16)
         self.path = path
         shutil.rmtree(path, ignore_errors=True)  # a cache of the changelog: always rebuilt
         path.parent.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
-        opts.set_write_buffer_size(16 * 1024 * 1024)
+        opts.set_write_buffer_size(8 * 1024 * 1024)
         opts.set_max_write_buffer_number(2)
+        opts.set_write_buffer_manager(memory.write_buffers)
         table = BlockBasedOptions()
-        table.set_block_cache(Cache(cache_mb * 1024 * 1024))
+        table.set_block_cache(memory.cache)
         table.set_bloom_filter(10, False)  # most lookups (a new visit's id) miss
+        table.set_cache_index_and_filter_blocks(True)  # in the budget too
         opts.set_block_based_table_factory(table)
         try:
             self.db = Rdict(str(path), opts)

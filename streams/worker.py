@@ -25,7 +25,7 @@ from streams.exceptions import StoreError
 from streams.processor import Processor
 from streams.runtime import StageConfig, TxnStage, log
 from streams.sequencer import Sequencer
-from streams.stores import KVStore, MemoryStore, RocksStore
+from streams.stores import KVStore, MemoryStore, RocksMemory, RocksStore
 from streams.topics import Topics, create_all
 from yibao.kafka_security import security_env
 from yibao.settings import Settings
@@ -42,6 +42,7 @@ class WorkerOptions:
     transaction_timeout_ms: int = 10_000
     store: str = "rocksdb"  # or "memory"
     state_dir: str = "var/state"
+    store_cache_mb: int = 64
 
 
 def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
@@ -73,7 +74,8 @@ def store_factory(settings: Settings, opts: WorkerOptions) -> Callable[[int], KV
     if opts.store != "rocksdb":
         raise StoreError(f"store: unknown kind {opts.store!r} (rocksdb or memory)")
     root = Path(opts.state_dir) / f"{settings.topic_prefix}processor-{opts.worker_id}"
-    return lambda p: RocksStore(root / f"visits-{p}")
+    memory = RocksMemory(opts.store_cache_mb)
+    return lambda p: RocksStore(root / f"visits-{p}", memory)
 
 
 async def run_worker(settings: Settings, opts: WorkerOptions) -> None:

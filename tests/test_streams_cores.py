@@ -186,12 +186,14 @@ def test_processor_restored_mid_stream_from_its_changelogs_continues_identically
     in for a payment or refund; a core rebuilt from the compacted changelogs half-way gives
     the same outputs as one that never stopped, and file mode's."""
     from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE
-    from streams.stores import KVStore, MemoryStore, RocksStore
+    from streams.stores import KVStore, MemoryStore, RocksMemory, RocksStore
+
+    memory = RocksMemory(8)
 
     def factory(tag: str) -> Callable[[int], KVStore]:
         if store == "memory":
             return lambda _p: MemoryStore()
-        return lambda p: RocksStore(tmp_path / tag / str(p), cache_mb=8)
+        return lambda p: RocksStore(tmp_path / tag / str(p), memory)
 
     records = _ledger(_lines("sample"))
     half = len(records) // 2

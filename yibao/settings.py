@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     partitions: int = Field(default=8, ge=1, description="Partitions of the topics yibao creates.")
     duckdb_path: Path = Field(default=Path("var/yibao.duckdb"), description="DuckDB projection file.")
     duckdb_memory_limit: str = Field(
-        default="1GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        default="512MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
         description="DuckDB's memory_limit for the projector and replay (its buffer pool; "
         "DuckDB's own default is 80% of RAM, which a long-running projector grows into).",
     )
