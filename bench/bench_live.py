@@ -223,6 +223,11 @@ def stage_report(logdir: Path) -> None:
     batch, step (process + transaction) p50/p99, and how long records sat in the merge."""
     for f in sorted(logdir.glob("*.log")):
         for line in f.read_text().splitlines():
+            if '"worker.gc"' in line:
+                d = json.loads(line)
+                print("  gc pauses (ms): " + "; ".join(
+                    f"{g} {d[g]}" for g in ("gen0", "gen1", "gen2")), file=sys.stderr)
+                continue
             if '.stopped"' not in line:
                 continue
             d = json.loads(line)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from rules.engine import Engine
 from rules.policy import load_policy
 from streams.exceptions import StoreError
 from streams.processor import Processor
-from streams.runtime import StageConfig, TxnStage, log
+from streams.runtime import StageConfig, TxnStage, log, percentiles
 from streams.sequencer import Sequencer
 from streams.stores import KVStore, MemoryStore, RocksMemory, RocksStore
 from streams.topics import Topics, create_all
@@ -95,6 +97,8 @@ async def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     log.info("worker.start", worker_id=opts.worker_id, prefix=settings.topic_prefix,
              stages=[s.name for s in stages])
     tasks = [asyncio.create_task(s.run(), name=s.name) for s in stages]
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     for t in done:
         if t.exception() is not None:
@@ -103,6 +107,28 @@ async def run_worker(settings: Settings, opts: WorkerOptions) -> None:
                 p.cancel()
             raise t.exception()  # type: ignore[misc]
     await asyncio.gather(*pending)
+    gc.callbacks.remove(pauses)
+    log.info("worker.gc", **pauses.summary())
+
+
+class GcPauses:
+    """Durations of the cyclic GC's collections per generation: a full collection walks
+    every live object of the state tables with the event loop stopped, so it shows up in
+    the tail latency of checkouts; the worker's stop log says how much."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self.started)
+
+    def summary(self) -> dict[str, object]:
+        return {f"gen{g}": {"n": len(xs), "total_ms": round(sum(xs) * 1000, 1),
+                            **percentiles(xs)} for g, xs in self.pauses.items()}
 
 
 def main(settings: Settings, opts: WorkerOptions) -> None:
