@@ -189,19 +189,17 @@ class Engine:
                 "NOT_AN_EMPLOYEE",
                 f"payer {e.person_id} is in the {p.registration.scheme} scheme",
             )
-        b = state.persons.get(e.beneficiary_id)
-        if b is None or b.registration is None:
-            return self._reject(
-                e, "FAMILY_AID_INVALID", f"beneficiary {e.beneficiary_id} is not registered"
-            )
         if e.beneficiary_id == e.person_id:
             return self._reject(e, "FAMILY_AID_INVALID", "a payer cannot aid itself")
-        if b.registration.household_id != p.registration.household_id:
+        b = state.persons.get(e.beneficiary_id)
+        hh = p.registration.household_id
+        # One detail for "unknown" and "in another household": the live processor holds only
+        # the payer's household and cannot tell them apart, and live and file mode (and every
+        # replay) must give the same output, detail included.
+        if b is None or b.registration is None or b.registration.household_id != hh:
             return self._reject(
-                e,
-                "FAMILY_AID_INVALID",
-                f"beneficiary household {b.registration.household_id} != payer household "
-                f"{p.registration.household_id}",
+                e, "FAMILY_AID_INVALID",
+                f"beneficiary {e.beneficiary_id} is not a registered member of household {hh}",
             )
         if e.person_id in b.aid_payers:
             return _NOTHING
