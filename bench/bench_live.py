@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,30 +175,31 @@ async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float
     ledger = await _reader_at_end(settings, t.ledger)
     want = {_event_id(ln) for ln, c in zip(lines, closed, strict=True) if c}
 
-    async def read() -> None:
-        while len(got) < len(want):
-            batch = await consumer.getmany(timeout_ms=50)
+    async def first_seen(reader: AIOKafkaConsumer, seen: dict[str, float],
+                         match: Callable[[bytes], str | None]) -> None:
+        """When each wanted checkout first shows up on ``reader``'s topic."""
+        while len(seen) < len(want):
+            batch = await reader.getmany(timeout_ms=50)
             now = time.perf_counter()
             for records in batch.values():
                 for r in records:
-                    cause, kind = _caused_by_type(r.value)
-                    if cause in want and kind in ("ClaimSettled", "ClaimRejected"):
-                        got.setdefault(cause, now)
+                    eid = match(r.value)
+                    if eid in want:
+                        seen.setdefault(eid, now)
 
-    async def read_ledger() -> None:
-        while len(ledgered) < len(want):
-            batch = await ledger.getmany(timeout_ms=50)
-            now = time.perf_counter()
-            for records in batch.values():
-                for r in records:
-                    if b'"type": "VisitClosed"' in r.value:
-                        ledgered.setdefault(_event_id(r.value), now)
+    def settled(value: bytes) -> str | None:
+        cause, kind = _caused_by_type(value)
+        return cause if kind in ("ClaimSettled", "ClaimRejected") else None
+
+    def closed_in_ledger(value: bytes) -> str | None:
+        return _event_id(value) if b'"type": "VisitClosed"' in value else None
 
     def on_send(line: bytes) -> None:
         if b'"type": "VisitClosed"' in line:
             sent[_event_id(line)] = time.perf_counter()
 
-    readers = [asyncio.create_task(read()), asyncio.create_task(read_ledger())]
+    readers = [asyncio.create_task(first_seen(consumer, got, settled)),
+               asyncio.create_task(first_seen(ledger, ledgered, closed_in_ledger))]
     await publish_lines(settings, lines, rate=rate, on_send=on_send, linger_ms=0)
     try:
         await asyncio.wait_for(asyncio.gather(*readers), 60)
