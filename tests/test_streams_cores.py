@@ -230,3 +230,40 @@ def test_processor_restored_mid_stream_from_its_changelogs_continues_identically
     b.close()
     if store == "rocksdb":
         assert not (tmp_path / "a" / "0").exists()  # a store is a cache: removed on close
+
+
+def _rec(tp: TP, offset: int, ts: int, seq: int, arrived: float = 0.0) -> Record:
+    return Record(tp, offset, ts, seq, None, b"", arrived)
+
+
+def test_merge_releases_in_event_time_order_and_waits_for_lagging_partitions() -> None:
+    a, b = TP("visits", 0), TP("payments", 0)
+    m = TimestampMerge(max_wait=0.0)
+    m.assign({a, b})
+    m.add(_rec(a, 0, 100, 2))
+    m.add(_rec(a, 1, 300, 5))
+    # b is empty and not caught up (records on the broker not fetched yet): nothing goes
+    assert m.pop_ready(0.0) == []
+    m.add(_rec(b, 0, 100, 1))  # same instant, published earlier: seq breaks the tie
+    m.add(_rec(b, 1, 200, 3))
+    out = m.pop_ready(0.0)
+    # a's 300 must wait: b could still deliver something earlier
+    assert [(r.tp, r.offset) for r in out] == [(b, 0), (a, 0), (b, 1)]
+    assert m.first_unreleased() == {a: 1}
+    m.set_caught_up(b, True)  # b is at its high watermark: with no wait, a's 300 goes
+    assert [(r.tp, r.offset) for r in m.pop_ready(0.0)] == [(a, 1)]
+
+
+def test_merge_wait_holds_a_record_for_an_idle_partition_until_the_deadline() -> None:
+    a, b = TP("visits", 0), TP("payments", 0)
+    m = TimestampMerge(max_wait=0.02)
+    m.assign({a, b})
+    m.set_caught_up(b, True)
+    m.add(_rec(a, 0, 100, 1, arrived=10.0))
+    assert m.pop_ready(10.005) == []
+    assert m.next_deadline() == pytest.approx(10.02)
+    # a record arriving on the idle partition within the wait, earlier in event time, goes first
+    m.add(_rec(b, 0, 50, 0, arrived=10.01))
+    assert [(r.tp, r.offset) for r in m.pop_ready(10.01)] == [(b, 0)]
+    assert [(r.tp, r.offset) for r in m.pop_ready(10.021)] == [(a, 0)]
+    assert m.next_deadline() is None
