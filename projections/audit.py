@@ -136,7 +136,7 @@ async def _read_all(settings: Settings, roles: dict[str, str]) -> dict[str, dict
 def reconcile(settings: Settings, policy: Policy | None = None) -> ReconcileResult:
     """Re-settle the ledger with the pure engine (per ledger partition and key, as the live
     processor does) and compare output by output with the recorded ``settlements``."""
-    from streams.cores import ProcessorCore
+    from streams.cores import ProcessorCore, is_replay
 
     t = Topics.of(settings)
     data = asyncio.run(_read_all(settings, {"ledger": t.ledger, "settlements": t.settlements}))
@@ -148,7 +148,7 @@ def reconcile(settings: Settings, policy: Policy | None = None) -> ReconcileResu
         expected: list[tuple[str, bytes]] = []
         for r in data["ledger"].get(p, []):
             res.ledger_records += 1
-            for o in core.apply(p, r.key, r.value):
+            for o in core.apply(p, r.key, r.value, is_replay(r.headers)):
                 expected.append((o.event_id, codec.encode(o)))
         core.take_changes()
         recorded: dict[str, list[bytes]] = {}

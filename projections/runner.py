@@ -30,6 +30,7 @@ from projections.transform import DEADLETTER, LEDGER, ROLES, SETTLEMENTS, Rec, T
 from rules.engine import Engine
 from rules.policy import Policy
 from schemas.codec import Codec
+from streams.cores import is_replay
 from streams.topics import Topics
 from yibao.kafka_security import client_options
 from yibao.settings import Settings
@@ -137,12 +138,13 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
                 return
             if whatif is not None:
                 pending[SETTLEMENTS] = whatif.settle(pending[LEDGER])
+            # a hand-over at registration repeats events already in the ledger: state only
+            rows = {**pending, LEDGER: [r for r in pending[LEDGER] if not is_replay(r.headers)]}
             if opts.sql:
                 tables: dict[str, Any] = {}
-                raw = {r: raw_table(pending[r]) for r in ROLES if pending[r]}
+                raw = {r: raw_table(rows[r]) for r in ROLES if rows[r]}
             else:
-                tables = transform.batch(pending[LEDGER], pending[SETTLEMENTS],
-                                         pending[DEADLETTER])
+                tables = transform.batch(rows[LEDGER], rows[SETTLEMENTS], rows[DEADLETTER])
                 raw = {}
             batch_offsets = offsets
             if writing is not None:
@@ -227,7 +229,7 @@ class _WhatIf:
             if p not in core.households:
                 core.assign(p)
                 self.next[p] = 0
-            for o in core.apply(p, r.key, r.value):
+            for o in core.apply(p, r.key, r.value, is_replay(r.headers)):
                 out.append(Rec(p, self.next[p], r.timestamp, encode(o)))
                 self.next[p] += 1
         core.take_changes()

@@ -23,7 +23,7 @@ from rules.engine import Engine
 from rules.policy import Policy, load_policy
 from schemas.codec import Codec
 from schemas.events import OutputEvent
-from streams.cores import DeadLetterAppend, ProcessorCore, SequencerCore
+from streams.cores import REPLAY_HEADER, DeadLetterAppend, ProcessorCore, SequencerCore
 from streams.merge import TP, Record
 from streams.topics import create_all
 from yibao.kafka_io import SendWindow
@@ -71,6 +71,11 @@ async def simulate(settings: Settings, lines: Iterable[bytes], *, policy: Policy
                 counts["deadletter"] += 1
                 continue
             p = zlib.crc32(out.key) % n
+            for ts, old in out.replays:  # the hand-over at registration (see SequencerCore)
+                await window.send(t_ledger, old, key=out.key, partition=p, timestamp_ms=ts,
+                                  headers=[(REPLAY_HEADER, b"1")])
+                proc.apply(p, out.key, old, replay=True)
+                counts["ledger"] += 1
             await window.send(t_ledger, out.value, key=out.key, partition=p, timestamp_ms=out.timestamp)
             counts["ledger"] += 1
             for o in proc.apply(p, out.key, out.value):

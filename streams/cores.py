@@ -53,6 +53,21 @@ HOUSEHOLDS_STORE = "households"
 VISITS_STORE = "visits"
 COUNTS_STORE = "counts"
 COUNTS_KEY = b"counts"
+STASH_STORE = "stash"
+
+#: Ledger header of a record appended again under a person's household at registration
+#: (see :class:`SequencerCore`): the processor applies it to the state without outputs,
+#: projections do not count it, and file mode skips it as a repeated ``event_id``.
+REPLAY_HEADER = "yibao-replay"
+
+#: At most this many events of a not-yet-registered person are kept for the hand-over to
+#: the household; older ones are dropped (with a warning count in the books).
+STASH_MAX = 256
+
+
+def is_replay(headers: object) -> bool:
+    """Whether a ledger record's headers (aiokafka's sequence of pairs) mark a replay."""
+    return bool(headers) and any(k == REPLAY_HEADER for k, _ in headers)  # type: ignore[attr-defined]
 
 def _ms(ts: dt.datetime) -> int:
     return int(ts.timestamp() * 1000)
@@ -116,6 +131,9 @@ class LedgerAppend:
     value: bytes  # the original bytes of the event, validated
     timestamp: int  # occurred_at, ms
     event: InputEvent
+    #: (timestamp, bytes) of the person's events before registration, to append first under
+    #: the household with the :data:`REPLAY_HEADER` (only on a PersonRegistered)
+    replays: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -136,14 +154,20 @@ class SequencerCounts:
     sequenced: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    replayed: int = 0  # extra ledger records: hand-overs at registration (not read)
+    stash_dropped: int = 0  # pre-registration events beyond STASH_MAX (not handed over)
 
     def add(self, other: SequencerCounts) -> None:
         self.read += other.read
         self.sequenced += other.sequenced
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
+        self.replayed += other.replayed
+        self.stash_dropped += other.stash_dropped
 
 
+_STASH_ENCODER = msgspec.msgpack.Encoder()
+_STASH_DECODER = msgspec.msgpack.Decoder(list[tuple[int, bytes]])
 _COUNTS_ENCODER = msgspec.json.Encoder()
 _COUNTS_DECODER = msgspec.json.Decoder(SequencerCounts)
 
@@ -180,7 +204,18 @@ def dead_letter_value(rec: Record, error: str, path: str | None) -> bytes:
 
 
 class SequencerCore:
-    """Per-record decisions of the sequencer; state partitioned by input partition."""
+    """Per-record decisions of the sequencer; state partitioned by input partition.
+
+    The hand-over at registration: the ledger is keyed by household, but a person's events
+    before the registration (a newborn treated before being enrolled, in the generated logs)
+    can only be keyed by the person's own id, so the processor keeps them in a state the
+    household never sees, and a later charge or checkout of that visit under the household
+    found no visit (a claim rejected in live mode that file mode settles). So those events
+    are stashed, and the registration is preceded in the ledger by the stash, re-appended
+    under the household with :data:`REPLAY_HEADER`: the processor folds them into the
+    household's state without outputs (their outputs were given the first time), and the
+    state is file mode's. Before registration a person's events touch only that person.
+    """
 
     def __init__(self, codec: Codec | None = None,
                  window: dt.timedelta = DEFAULT_DEDUP_WINDOW) -> None:
@@ -188,6 +223,11 @@ class SequencerCore:
         self.window_ms = int(window.total_seconds() * 1000)
         self.dedup: dict[int, DedupStore] = {}
         self.persons: dict[int, dict[str, str]] = {}
+        #: events sequenced under a person's own id before the person was registered, kept
+        #: for the window after the person's last such event (then forgotten: the person
+        #: may never register, e.g. a mistyped id)
+        self.stash: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
+        self._stash_order: dict[int, deque[tuple[int, str]]] = {}
         self.counts = SequencerCounts()  # this process's, for its logs
         self.books: dict[int, SequencerCounts] = {}  # per input partition, since the start
         self._books_dirty: set[int] = set()
@@ -197,11 +237,15 @@ class SequencerCore:
     def assign(self, partition: int) -> None:
         self.dedup.setdefault(partition, DedupStore(self.window_ms))
         self.persons.setdefault(partition, {})
+        self.stash.setdefault(partition, {})
+        self._stash_order.setdefault(partition, deque())
         self.books.setdefault(partition, SequencerCounts())
 
     def revoke(self, partition: int) -> None:
         self.dedup.pop(partition, None)
         self.persons.pop(partition, None)
+        self.stash.pop(partition, None)
+        self._stash_order.pop(partition, None)
         self.books.pop(partition, None)
         self._books_dirty.discard(partition)
 
@@ -217,9 +261,26 @@ class SequencerCore:
                 self.persons[partition][k] = value.decode()
         elif store == COUNTS_STORE and value is not None:
             self.books[partition] = decode_counts(value)
+        elif store == STASH_STORE:
+            if value is None:
+                self.stash[partition].pop(k, None)
+            else:
+                self.stash[partition][k] = _STASH_DECODER.decode(value)
 
     def restored(self, partition: int) -> None:
         self.dedup[partition].restored()
+        self._stash_order[partition] = deque(sorted(
+            (events[-1][0], pid) for pid, events in self.stash[partition].items() if events))
+
+    def _expire_stash(self, p: int, now_ms: int, changes: list[Change]) -> None:
+        horizon = now_ms - self.window_ms
+        order, stash = self._stash_order[p], self.stash[p]
+        while order and order[0][0] < horizon:
+            ts, pid = order.popleft()
+            events = stash.get(pid)
+            if events and events[-1][0] <= ts:  # nothing of this person's since
+                del stash[pid]
+                changes.append((STASH_STORE, p, pid.encode(), None))
 
     # -- records ---------------------------------------------------------------------------
 
@@ -256,17 +317,35 @@ class SequencerCore:
         for old in dedup.add(eid, ts):
             changes.append((DEDUP_STORE, p, old.encode(), None))
         persons = self.persons[p]
-        household = persons.get(event.person_id)
+        raw = raw.rstrip(b"\r\n")
+        pid = event.person_id
+        household = persons.get(pid)
+        replays: list[tuple[int, bytes]] = []
         if household is None:
             if isinstance(event, PersonRegistered):
                 household = event.household_id
-                persons[event.person_id] = household
-                changes.append((PERSONS_STORE, p, event.person_id.encode(), household.encode()))
+                persons[pid] = household
+                changes.append((PERSONS_STORE, p, pid.encode(), household.encode()))
+                replays = self.stash[p].pop(pid, [])
+                if replays:
+                    changes.append((STASH_STORE, p, pid.encode(), None))
+                    c.replayed += len(replays)
+                    b.replayed += len(replays)
             else:
-                household = event.person_id
+                household = pid
+                stash = self.stash[p].setdefault(pid, [])
+                stash.append((ts, raw))
+                self._stash_order[p].append((ts, pid))
+                if len(stash) > STASH_MAX:
+                    del stash[0]
+                    c.stash_dropped += 1
+                    b.stash_dropped += 1
+                changes.append((STASH_STORE, p, pid.encode(), _STASH_ENCODER.encode(stash)))
+        if self._stash_order[p]:
+            self._expire_stash(p, ts, changes)
         c.sequenced += 1
         b.sequenced += 1
-        return LedgerAppend(household.encode(), raw.rstrip(b"\r\n"), ts, event)
+        return LedgerAppend(household.encode(), raw, ts, event, replays)
 
     def take_books(self, changes: list[Change]) -> None:
         """Append the books of every partition read since the last call to ``changes``."""
@@ -350,8 +429,10 @@ class ProcessorCore:
         self.assign(partition)
         self.visits[partition].restore(records)
 
-    def apply(self, partition: int, key: bytes, value: bytes) -> list[OutputEvent]:
-        """Fold one ledger record (already validated and deduplicated) into its household."""
+    def apply(self, partition: int, key: bytes, value: bytes, replay: bool = False
+              ) -> list[OutputEvent]:
+        """Fold one ledger record (already validated and deduplicated) into its household;
+        a replay (see :class:`SequencerCore`) changes the state only."""
         event = self.codec.decode(value)
         hh = key.decode()
         table = self.households[partition]
@@ -394,6 +475,8 @@ class ProcessorCore:
                 # charged again: back in the household, out of the store
                 self.visits[partition].delete(paged_in)
                 self.visit_changes.append((VISITS_STORE, partition, paged_in, None))
+        if replay:
+            return []
         outputs = decision.outputs
         self.counts.applied += 1
         self.counts.outputs += len(outputs)

@@ -21,7 +21,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from rules.engine import Engine
 from schemas.codec import Codec
-from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore
+from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore, is_replay
 from streams.runtime import Outbox, StageConfig, TxnStage, iter_changelog, log, read_changelog
 from streams.stores import KVStore, MemoryStore
 from streams.topics import Topics
@@ -84,7 +84,7 @@ class Processor(TxnStage):
         for tp, records in batch.items():
             p = tp.partition
             for r in records:
-                for o in core.apply(p, r.key, r.value):
+                for o in core.apply(p, r.key, r.value, is_replay(r.headers)):
                     outbox.add(settlements, p, r.key, encode(o), r.timestamp)
             offsets[tp] = records[-1].offset + 1
         changelogs = {HOUSEHOLDS_STORE: self.changelog, VISITS_STORE: self.visits_changelog}

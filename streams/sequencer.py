@@ -29,6 +29,8 @@ from streams.cores import (
     COUNTS_STORE,
     DEDUP_STORE,
     PERSONS_STORE,
+    REPLAY_HEADER,
+    STASH_STORE,
     Change,
     DeadLetterAppend,
     SequencerCore,
@@ -71,6 +73,7 @@ class Sequencer(TxnStage):
             DEDUP_STORE: topics.changelog("sequencer", "dedup"),
             PERSONS_STORE: topics.changelog("sequencer", "persons"),
             COUNTS_STORE: topics.changelog("sequencer", "counts"),
+            STASH_STORE: topics.changelog("sequencer", "stash"),
         }
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -169,8 +172,10 @@ class Sequencer(TxnStage):
                 (SEQ_HEADER, rec.seq.to_bytes(8, "big", signed=True)),
                 (ORIGIN_HEADER, f"{rec.tp.topic}:{rec.tp.partition}:{rec.offset}".encode()),
             ]
-            outbox.add(ledger, await outbox.partition_for(ledger, out.key), out.key, out.value,
-                       out.timestamp, headers)
+            lp = await outbox.partition_for(ledger, out.key)
+            for ts, old in out.replays:  # the hand-over at registration, before it
+                outbox.add(ledger, lp, out.key, old, ts, [(REPLAY_HEADER, b"1")])
+            outbox.add(ledger, lp, out.key, out.value, out.timestamp, headers)
         core.take_books(changes)
         stores = self.stores
         for store, p, key, value in changes:

@@ -10,7 +10,8 @@ share state.
 | ledger | household_id (person_id while unregistered) | forever |
 | settlements | household_id | forever |
 | deadletter | the input's key | forever |
-| sequencer-dedup/-persons/-counts-changelog, processor-households/-visits-changelog | store key | compacted |
+| sequencer-{dedup,persons,counts,stash}-changelog | store key | compacted |
+| processor-{households,visits}-changelog | store key | compacted |
 
 Why inputs and dead letters are kept forever too: a record's timestamp is its event time
 (``occurred_at``), and the broker's time retention (7 days by default) counts from it, so a
@@ -93,6 +94,7 @@ class Topics:
             self.changelog("sequencer", "dedup"),
             self.changelog("sequencer", "persons"),
             self.changelog("sequencer", "counts"),
+            self.changelog("sequencer", "stash"),
             self.changelog("processor", "households"),
             self.changelog("processor", "visits"),
         ]

@@ -223,3 +223,63 @@ def test_two_workers_one_killed_outputs_complete_and_exactly_once(
     survivors = [p for p in _procs if p.poll() is None]
     live = wait_for(s, len(expected), survivors, logs, timeout=60)
     assert_same_outputs(live, expected)
+
+
+@pytest.mark.timeout(120)
+def test_newborn_treated_before_registration_settles_as_in_file_mode(
+        kafka_bootstrap: str, unique_prefix: str, tmp_path: Path) -> None:
+    """The hand-over at registration on the broker: the baby's visit is opened under the
+    baby's own id, the checkout under the household; the ledger repeats the opening under
+    the household (header ``yibao-replay``), the books count it, outputs equal file mode."""
+    from streams.cores import REPLAY_HEADER, SequencerCounts
+    from streams.sequencer import read_books
+    from tests.helpers_events import charged, closed, item, opened, registered
+
+    s = settings_for(kafka_bootstrap, unique_prefix)
+    events = [
+        registered("P-MOM", "H-1", scheme="employee", balance=50_000),
+        opened("P-BABY", "V-1"),
+        registered("P-BABY", "H-1", scheme="resident", effective_from="2025-01-01"),
+        charged("P-BABY", "V-1", [item("L-1", amount=20_000)]),
+        closed("P-BABY", "V-1"),
+    ]
+    lines = [json.dumps(e).encode() for e in events]
+    expected = settle(lines, tmp_path)
+    assert next(o["type"] for o in expected if o["caused_by"] == events[4]["event_id"]) \
+        == "ClaimSettled"
+    asyncio.run(create_all(s))
+    publish(s, lines)
+    log = tmp_path / "worker.log"
+    proc = spawn(s, worker_id="a", log_file=log, env=FAST)
+    try:
+        live = wait_for(s, len(expected), [proc], [log], timeout=60)
+    finally:
+        terminate(proc)
+    assert_same_outputs(live, expected)
+
+    async def ledger_headers() -> list[tuple[bytes, list[str]]]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        c = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, isolation_level="read_committed",
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+        await c.start()
+        try:
+            tps = [TopicPartition(s.topic_prefix + "ledger", p) for p in range(4)]
+            c.assign(tps)
+            end = await c.end_offsets(tps)
+            out: list[tuple[bytes, list[str]]] = []
+            todo = [tp for tp in tps if end[tp] > 0]
+            while todo:
+                for recs in (await c.getmany(timeout_ms=500)).values():
+                    out += [(r.value, [k for k, _ in r.headers]) for r in recs]
+                todo = [tp for tp in todo if await c.position(tp) < end[tp]]
+            return out
+        finally:
+            await c.stop()
+
+    replays = [v for v, keys in asyncio.run(ledger_headers()) if REPLAY_HEADER in keys]
+    assert [json.loads(v)["event_id"] for v in replays] == [events[1]["event_id"]]
+    books = SequencerCounts()
+    for c in asyncio.run(read_books(s)).values():
+        books.add(c)
+    assert (books.read, books.sequenced, books.replayed) == (5, 5, 1)

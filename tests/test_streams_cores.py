@@ -75,6 +75,8 @@ def live_outputs(lines: list[bytes], partitions: int = 8, ledger_partitions: int
             dead += 1
         elif isinstance(out, LedgerAppend):
             lp = _partition(out.key, ledger_partitions)
+            for _ts, old in out.replays:
+                assert proc.apply(lp, out.key, old, replay=True) == []
             for o in proc.apply(lp, out.key, out.value):
                 pairs.append((o.caused_by, type(o).__name__))
                 order[out.key.decode()].append(o.event_id)
@@ -267,3 +269,50 @@ def test_merge_wait_holds_a_record_for_an_idle_partition_until_the_deadline() ->
     assert [(r.tp, r.offset) for r in m.pop_ready(10.01)] == [(b, 0)]
     assert [(r.tp, r.offset) for r in m.pop_ready(10.021)] == [(a, 0)]
     assert m.next_deadline() is None
+
+
+def test_events_before_registration_are_handed_over_to_the_household() -> None:
+    """A newborn treated before being enrolled: the visit is opened under the baby's own id
+    (no household yet); after the registration the charges and the checkout go to the
+    household, which must know the visit — as file mode does."""
+    import json
+
+    from tests.helpers_events import charged, closed, item, opened, registered
+
+    events = [
+        registered("P-MOM", "H-1", scheme="employee", balance=50_000),
+        opened("P-BABY", "V-1"),
+        opened("P-GHOST", "V-9"),  # never registered
+        registered("P-BABY", "H-1", scheme="resident", effective_from="2025-01-01"),
+        charged("P-BABY", "V-1", [item("L-1", amount=20_000)]),
+        closed("P-BABY", "V-1"),
+        closed("P-GHOST", "V-9"),
+    ]
+    lines = [json.dumps(e).encode() for e in events]
+    live, _, _ = live_outputs(lines, partitions=4, ledger_partitions=4)
+    expected = file_outputs(lines)
+    assert Counter(live) == Counter(expected)
+    assert (events[5]["event_id"], "ClaimSettled") in live
+    assert (events[6]["event_id"], "ClaimRejected") in live
+
+
+def test_stash_of_a_person_never_registered_expires_with_the_window() -> None:
+    import json
+
+    from tests.helpers_events import envelope, opened
+
+    seq = SequencerCore(window=dt.timedelta(days=30))
+    seq.assign(0)
+    changes: list[Change] = []
+    first = opened("P-GHOST", "V-9")
+    later = envelope("PersonDeceased", "P-OTHER", "2025-04-15T09:00:00+08:00",
+                     date_of_death="2025-04-14")
+    for i, e in enumerate((first, later)):
+        seq.process(Record(TP("t", 0), i, 0, i, None, json.dumps(e).encode()), changes)
+    from streams.cores import STASH_STORE
+
+    stash_changes = [(k, v) for store, _p, k, v in changes if store == STASH_STORE]
+    assert stash_changes[0][0] == b"P-GHOST" and stash_changes[0][1] is not None
+    # 45 days later in event time the ghost's stash is dropped (a tombstone)
+    assert (b"P-GHOST", None) in stash_changes
+    assert "P-GHOST" not in seq.stash[0]

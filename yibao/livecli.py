@@ -127,7 +127,9 @@ def books(settings: Settings) -> None:
     """The sequencer's committed books: records read from the input topics, and how many
     went to the ledger, were dropped as duplicates or were dead-lettered. They are written
     in the same transaction as the input offsets, so they are exact after any crash; compare
-    them with `yibao export ledger` / `deadletter` line counts. Exit 1 if they do not balance."""
+    them with `yibao export ledger` / `deadletter` line counts (the ledger also holds each
+    person's events before registration again, replayed under the household). Exit 1 if
+    they do not balance."""
     import asyncio
 
     from streams.cores import SequencerCounts
@@ -139,10 +141,12 @@ def books(settings: Settings) -> None:
         c = per[p]
         total.add(c)
         click.echo(f"partition {p}: read {c.read}, sequenced {c.sequenced}, "
-                   f"duplicates {c.duplicates}, dead-lettered {c.dead_lettered}")
+                   f"duplicates {c.duplicates}, dead-lettered {c.dead_lettered}, "
+                   f"replayed {c.replayed}, stash dropped {c.stash_dropped}")
     ok = total.read == total.sequenced + total.duplicates + total.dead_lettered
     click.echo(f"books: read {total.read} = sequenced {total.sequenced} + duplicates "
                f"{total.duplicates} + dead-lettered {total.dead_lettered}"
-               f" ({'balanced' if ok else 'NOT BALANCED'})")
+               f" ({'balanced' if ok else 'NOT BALANCED'}); ledger records = sequenced + "
+               f"{total.replayed} replayed at registration")
     if not ok:
         sys.exit(1)
