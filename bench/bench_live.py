@@ -39,6 +39,7 @@ from streams.worker import spawn, terminate
 from yibao.kafka_io import create_topics
 from yibao.kafka_security import client_options
 from yibao.settings import Settings
+from yibao.testing import delete_topics_with_prefixes
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "spec" / "examples" / "sample-events.jsonl"
@@ -139,7 +140,7 @@ async def raw_ceiling(settings: Settings, n_records: int) -> float:
 async def _reader_at_end(settings: Settings, topic: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         **client_options(settings), group_id=None,
-        isolation_level="read_committed", fetch_max_wait_ms=2, enable_auto_commit=False,
+        isolation_level="read_committed", fetch_max_wait_ms=100, enable_auto_commit=False,
     )
     await consumer.start()
     await consumer._client.force_metadata_update()
@@ -228,7 +229,9 @@ def stage_report(logdir: Path) -> None:
             if '"worker.gc"' in line:
                 d = json.loads(line)
                 print("  gc pauses (ms): " + "; ".join(
-                    f"{g} {d[g]}" for g in ("gen0", "gen1", "gen2")), file=sys.stderr)
+                    f"{g} {d[g]}" for g in ("gen0", "gen1", "gen2"))
+                    + f"; full collections (s after start, ms): {d.get('last_full')}",
+                    file=sys.stderr)
                 continue
             if '.stopped"' not in line:
                 continue
@@ -308,6 +311,8 @@ async def main_async(args: argparse.Namespace) -> str:
     # 2. raw ceiling on the same input records
     raw = await raw_ceiling(settings, len(warm) + len(log))
     print(f"  raw aiokafka consume->produce: {raw:,.0f} events/s", file=sys.stderr)
+    # a developer's broker outlives the run: leave no partitions behind
+    await delete_topics_with_prefixes(settings.bootstrap_servers, [prefix])
     return (f"live: {e2e:.0f} events/s, raw {raw:.0f} events/s, ratio {e2e / raw:.2f}, "
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
 

@@ -61,7 +61,7 @@ class StageConfig:
     transaction_timeout_ms: int = 10_000
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
-    fetch_max_wait_ms: int = 5
+    fetch_max_wait_ms: int = 100
 
 
 class SingletonAssignor(AbstractPartitionAssignor):
