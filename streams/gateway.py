@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.codec import Codec
 from schemas.events import ClaimRejected, ClaimSettled, EventRejected, InputEvent, VisitClosed
 from schemas.exceptions import SchemaError
-from streams.publish import TOPICS_ORDER, new_seq_base, seq_header
+from streams.publish import TOPICS_ORDER, new_publisher_id, new_seq_base, order_headers
 from streams.topics import Topics
 from yibao.kafka_security import client_options
 from yibao.settings import Settings
@@ -55,6 +55,7 @@ class Gateway:
         self._waiters: dict[str, asyncio.Future[Outcome]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._seq = new_seq_base()
+        self._publisher = new_publisher_id()
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -118,7 +119,7 @@ class Gateway:
         return await self._producer.send(
             self.topics.input_for_type(type(event).__name__), raw,
             key=event.person_id.encode(), timestamp_ms=_ms(event.occurred_at),
-            headers=[seq_header(self._seq)],
+            headers=order_headers(self._publisher, self._seq),
         )
 
     async def settle(self, visit_closed: VisitClosed | bytes | str | dict[str, Any], *,

@@ -8,6 +8,14 @@ a smaller one: every partition has a buffered record, or it is *caught up* (its 
 at its high watermark) and the candidate has waited ``max_wait`` seconds for it
 (Kafka Streams' ``max.task.idle.ms``).
 
+The wait covers records still in flight from the publisher (in its batches, or appended
+to another partition a moment later). yibao's publishers (``yibao publish``, the gateway
+SDK) number their records without gaps (headers ``yibao-publisher``, ``yibao-seq``), so the
+merge can see when nothing of that publisher can still be in flight: every earlier record of
+it has been released. Such a record goes at once, without the wait — at 1,000 checkouts/s
+nearly every record, since some partition is nearly always idle. Records of unknown
+publishers (or after a gap, or the first one seen of a publisher) wait as before.
+
 Records leave each partition in offset order, so "committed offset = first unreleased
 record" holds and a restart re-reads exactly what was not released.
 
@@ -16,7 +24,7 @@ Pure: no I/O, no clock (``now`` is passed in), so it is tested without a broker.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,10 +43,15 @@ class Record:
     key: bytes | None
     value: bytes
     arrived: float = 0.0  # monotonic seconds when buffered
+    publisher: bytes | None = None  # yibao-publisher header (its seq has no gaps)
 
     @property
     def order(self) -> tuple[int, int]:
         return (self.timestamp, self.seq)
+
+
+#: Publishers remembered (their next seq); the least recently seen is forgotten beyond this.
+PUBLISHERS_MAX = 4096
 
 
 @dataclass
@@ -46,6 +59,9 @@ class TimestampMerge:
     max_wait: float = 0.0
     queues: dict[TP, deque[Record]] = field(default_factory=dict)
     caught_up: dict[TP, bool] = field(default_factory=dict)
+    #: publisher -> the seq it must come next for nothing of that publisher to be missing
+    next_seq: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
+    released_at_once: int = 0  # would have waited for an idle partition, but in sequence
 
     def assign(self, tps: set[TP]) -> None:
         """Set the assigned partitions; queues of revoked ones are dropped (re-read later)."""
@@ -92,9 +108,25 @@ class TimestampMerge:
                     waiting_on_idle = True
             if best is None or empty_blocks:
                 return out
-            if waiting_on_idle and self.max_wait > 0 and now - best[0].arrived < self.max_wait:
-                return out
+            head = best[0]
+            if waiting_on_idle and self.max_wait > 0 and now - head.arrived < self.max_wait:
+                if not self._in_sequence(head):
+                    return out
+                self.released_at_once += 1
             out.append(best.popleft())
+            if head.publisher is not None:
+                self._released(head)
+
+    def _in_sequence(self, rec: Record) -> bool:
+        return rec.publisher is not None and self.next_seq.get(rec.publisher) == rec.seq
+
+    def _released(self, rec: Record) -> None:
+        assert rec.publisher is not None
+        nxt = self.next_seq
+        nxt[rec.publisher] = rec.seq + 1
+        nxt.move_to_end(rec.publisher)
+        if len(nxt) > PUBLISHERS_MAX:
+            nxt.popitem(last=False)
 
     def next_deadline(self) -> float | None:
         """When a record held back only by idle partitions may go (for the poll timeout)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from yibao.kafka_security import client_options
 from yibao.settings import Settings
 
 SEQ_HEADER = "yibao-seq"
+PUBLISHER_HEADER = "yibao-publisher"
 TOPICS_ORDER = ("registrations", "visits", "prescriptions", "payments")
 FALLBACK_TOPIC = "registrations"
 
@@ -76,11 +78,33 @@ def seq_header(seq: int) -> tuple[str, bytes]:
     return (SEQ_HEADER, seq.to_bytes(8, "big", signed=True))
 
 
+def order_headers(publisher: bytes, seq: int) -> list[tuple[str, bytes]]:
+    """``yibao-seq`` and ``yibao-publisher``: a publisher numbers its records without gaps,
+    so the sequencer's merge can tell that nothing it published earlier is still in flight
+    and need not wait for it (see :mod:`streams.merge`)."""
+    return [seq_header(seq), (PUBLISHER_HEADER, publisher)]
+
+
+def new_publisher_id() -> bytes:
+    return os.urandom(8)
+
+
 def seq_of(headers: Iterable[tuple[str, bytes]] | None) -> int:
     for k, v in headers or ():
         if k == SEQ_HEADER:
             return int.from_bytes(v, "big", signed=True)
     return 0
+
+
+def order_of(headers: Iterable[tuple[str, bytes]] | None) -> tuple[int, bytes | None]:
+    """(seq, publisher) from a record's headers: (0, None) when absent."""
+    seq, publisher = 0, None
+    for k, v in headers or ():
+        if k == SEQ_HEADER:
+            seq = int.from_bytes(v, "big", signed=True)
+        elif k == PUBLISHER_HEADER:
+            publisher = bytes(v)
+    return seq, publisher
 
 
 def new_seq_base() -> int:
@@ -121,6 +145,8 @@ async def publish_lines(
         await producer.partitions_for(topics.name(short))
     counts: dict[str, int] = {}
     base = new_seq_base()
+    publisher = new_publisher_id()
+    sent = 0  # numbered without gaps (blank lines are not sent)
     last_ts = 0
     window = SendWindow(producer, 5000, on_progress)
     started = time.monotonic()
@@ -144,8 +170,9 @@ async def publish_lines(
                 # merge would hold everything behind it in its partition until the rest
                 # of the input is drained (a reordered settlement).
                 name, raw, key=r.key, timestamp_ms=r.timestamp,
-                headers=[seq_header(base + i)],
+                headers=order_headers(publisher, base + sent),
             )
+            sent += 1
             counts[name] = counts.get(name, 0) + 1
         await window.drain()
     finally:

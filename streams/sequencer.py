@@ -38,7 +38,7 @@ from streams.cores import (
     decode_counts,
 )
 from streams.merge import TP, Record, TimestampMerge
-from streams.publish import SEQ_HEADER, seq_of
+from streams.publish import SEQ_HEADER, order_of
 from streams.runtime import (
     Outbox,
     SingletonAssignor,
@@ -111,7 +111,8 @@ class Sequencer(TxnStage):
         log.info("sequencer.revoked", partitions=len(revoked))
 
     def extra_stats(self) -> dict[str, Any]:
-        return {"merge_held_ms": percentiles(self.held_times)}
+        return {"merge_held_ms": percentiles(self.held_times),
+                "released_in_sequence": self.merge.released_at_once}
 
     def poll_timeout_ms(self) -> int:
         deadline = self.merge.next_deadline()
@@ -131,8 +132,9 @@ class Sequencer(TxnStage):
                 continue
             mtp = TP(tp.topic, tp.partition)
             for r in records:
-                merge.add(Record(mtp, r.offset, r.timestamp, seq_of(r.headers), r.key,
-                                 r.value, now))
+                seq, publisher = order_of(r.headers)
+                merge.add(Record(mtp, r.offset, r.timestamp, seq, r.key, r.value, now,
+                                 publisher))
             self.next_offset[tp] = records[-1].offset + 1
         consumer = self.consumer
         for tp in self.assigned:

@@ -316,3 +316,27 @@ def test_stash_of_a_person_never_registered_expires_with_the_window() -> None:
     # 45 days later in event time the ghost's stash is dropped (a tombstone)
     assert (b"P-GHOST", None) in stash_changes
     assert "P-GHOST" not in seq.stash[0]
+
+
+def test_merge_releases_a_publishers_next_record_at_once_and_waits_after_a_gap() -> None:
+    """Records numbered without gaps by one publisher: once its seq 1 is out, seq 2 cannot
+    be overtaken by anything of that publisher in flight, so it goes without the wait; seq 4
+    after a missing 3 waits (3 may be in flight on the idle partition)."""
+    a, b = TP("visits", 0), TP("payments", 0)
+    pub = b"gateway1"
+    m = TimestampMerge(max_wait=0.02)
+    m.assign({a, b})
+    m.set_caught_up(b, True)
+    m.add(Record(a, 0, 100, 1, None, b"", 0.0, pub))
+    assert m.pop_ready(0.001) == []  # first seen of this publisher: waits as before
+    assert [r.seq for r in m.pop_ready(0.021)] == [1]
+    m.add(Record(a, 1, 110, 2, None, b"", 1.0, pub))
+    assert [r.seq for r in m.pop_ready(1.0)] == [2]  # in sequence: no wait
+    m.add(Record(a, 2, 120, 4, None, b"", 2.0, pub))
+    assert m.pop_ready(2.0) == []  # seq 3 is missing: wait for it
+    m.add(Record(b, 0, 115, 3, None, b"", 2.005, pub))
+    assert [r.seq for r in m.pop_ready(2.005)] == [3, 4]  # 3 arrived: both go, in order
+    other = Record(a, 3, 130, 7, None, b"", 3.0, None)  # no publisher header: waits
+    m.add(other)
+    assert m.pop_ready(3.0) == [] and m.pop_ready(3.021) == [other]
+    assert m.released_at_once == 2
