@@ -32,12 +32,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import msgspec
 
 from projections.store import snapshot_path
 from rules.engine import Engine
 from rules.fold import Fold
 from rules.policy import load_policy
-from streams.publish import publish_lines
+from schemas.codec import Codec
+from streams.publish import publish_lines, read_topic
 from streams.topics import create_all
 from streams.worker import spawn, terminate
 from yibao.broker import BrokerConfig, LocalBroker
@@ -170,13 +172,39 @@ def table_counts(db: Path) -> dict[str, int]:
         con.close()
 
 
-def expected_counts(lines: Iterator[bytes]) -> dict[str, int]:
+def expected(lines: Iterator[bytes]) -> tuple[dict[str, int], dict[str, bytes]]:
+    """File mode (`yibao settle`) of the published lines: counts, and every output event
+    encoded as the worker encodes it, by event id."""
     fold = Fold(Engine(load_policy()))
+    encode = Codec().encode
+    outputs: dict[str, bytes] = {}
     for line in lines:
         if line.strip():
-            fold.feed(line)
-    return {"ledger": fold.counts.applied, "settlements": fold.counts.outputs,
-            "deadletter": fold.counts.dead_lettered}
+            res = fold.feed(line)
+            if isinstance(res, list):
+                for o in res:
+                    outputs[o.event_id] = encode(o)
+    return ({"ledger": fold.counts.applied, "settlements": fold.counts.outputs,
+             "deadletter": fold.counts.dead_lettered}, outputs)
+
+
+def compare(live: list[tuple[int, int, bytes | None, bytes]], want: dict[str, bytes]
+            ) -> tuple[int, int, int]:
+    """(missing, duplicated, different) of the live settlements against file mode."""
+    seen: dict[str, bytes] = {}
+    duplicated = 0
+    for _p, _o, _k, value in live:
+        eid = msgspec.json.decode(value, type=_EventId).event_id
+        if eid in seen:
+            duplicated += 1
+        seen[eid] = value
+    missing = sum(1 for e in want if e not in seen)
+    different = sum(1 for e, v in seen.items() if want.get(e) != v)
+    return missing, duplicated, different
+
+
+class _EventId(msgspec.Struct):
+    event_id: str
 
 
 def main() -> None:
@@ -186,10 +214,8 @@ def main() -> None:
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
     ap.add_argument("--window", type=float, default=5.0, help="report window, minutes")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--merge-wait-ms", type=int, default=200,
-                    help="the worker's YIBAO_MERGE_WAIT_MS: the log squeezes two years into the run "
-                         "(an event-minute is a few ms), so the skew between topics the merge must "
-                         "absorb is far above the 20 ms default")
+    ap.add_argument("--merge-wait-ms", type=int, default=None,
+                    help="the worker's YIBAO_MERGE_WAIT_MS (default: the worker's own)")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--snapshot-every", type=float, default=30.0)
     ap.add_argument("--kafka-port", type=int, default=19192,
@@ -218,9 +244,10 @@ def main() -> None:
                  partitions=args.partitions)
     asyncio.run(create_all(s))
     db = folder / "soak.duckdb"
-    worker = spawn(s, worker_id="soak", log_file=folder / "worker.log",
-                   env={"YIBAO_LOG_LEVEL": "info",
-                        "YIBAO_MERGE_WAIT_MS": str(args.merge_wait_ms)})
+    env = {"YIBAO_LOG_LEVEL": "info"}
+    if args.merge_wait_ms is not None:
+        env["YIBAO_MERGE_WAIT_MS"] = str(args.merge_wait_ms)
+    worker = spawn(s, worker_id="soak", log_file=folder / "worker.log", env=env)
     projector = spawn_projector(s, db, folder / "projector.log", args.snapshot_every)
     pids = {"worker": worker.pid, "projector": projector.pid, "publisher": os.getpid()}
     bpid = broker_pid(base)
@@ -292,15 +319,22 @@ def main() -> None:
         stop.set()
         terminate(worker)
         terminate(projector)
-        if broker is not None:
-            broker.down()
+        try:
+            live = asyncio.run(read_topic(s, s.topic_prefix + "settlements", timeout=600))
+        finally:
+            if broker is not None:
+                broker.down()
     got = table_counts(db)
-    want = expected_counts(lines_of(source, sent[0]))
+    want, outputs = expected(lines_of(source, sent[0]))
+    missing, duplicated, different = compare(live, outputs)
+    del live, outputs
     lines = [f"soak {run_id}: prefix {prefix}, {sent[0]} events published in {pub_s / 60:.1f} min "
              f"({sent[0] / pub_s:.0f} events/s offered {args.rate:.0f}), samples every "
              f"{args.sample:.0f} s: {len(rows)}; crashed: {crashed or 'none'}",
              f"projected rows {got}, file mode (yibao settle) {want}: "
-             f"{'equal' if got == want else 'DIFFERENT'}", "",
+             f"{'equal' if got == want else 'DIFFERENT'}",
+             f"settlements against file mode, every field: missing {missing}, duplicated "
+             f"{duplicated}, different {different}", "",
              *report(rows, names, args.window)]
     slopes = {n: slope([(r["t"] / 60, r[n] / 1024) for r in rows
                         if r.get(n) and r["t"] >= rows[-1]["t"] / 2]) for n in names}

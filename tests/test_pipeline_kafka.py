@@ -283,3 +283,9 @@ def test_newborn_treated_before_registration_settles_as_in_file_mode(
     for c in asyncio.run(read_books(s)).values():
         books.add(c)
     assert (books.read, books.sequenced, books.replayed) == (5, 5, 1)
+    env = {"YIBAO_BOOTSTRAP_SERVERS": kafka_bootstrap, "YIBAO_TOPIC_PREFIX": unique_prefix,
+           "YIBAO_PARTITIONS": "4"}
+    res = CliRunner().invoke(cli, ["books"], env=env)
+    assert res.exit_code == 0, res.output
+    assert "books: read 5 = sequenced 5 + duplicates 0 + dead-lettered 0 (balanced)" in res.output
+    assert "1 replayed at registration" in res.output
