@@ -101,6 +101,20 @@ def publish(settings: Settings, lines: list[bytes], rate: float | None = None) -
     asyncio.run(publish_lines(settings, lines, rate=rate))
 
 
+def settle_live(settings: Settings, expected: list[dict[str, object]], tmp: Path
+                ) -> list[dict[str, object]]:
+    """One worker over what is published, until file mode's output count; its outputs,
+    checked equal to file mode's."""
+    log = tmp / "worker.log"
+    proc = spawn(settings, worker_id="a", log_file=log, env=FAST)
+    try:
+        live = wait_for(settings, len(expected), [proc], [log], timeout=60)
+    finally:
+        terminate(proc)
+    assert_same_outputs(live, expected)
+    return live
+
+
 @pytest.mark.timeout(120)
 def test_publish_worker_export_matches_settle(kafka_bootstrap: str, unique_prefix: str,
                                               tmp_path: Path) -> None:
@@ -108,7 +122,6 @@ def test_publish_worker_export_matches_settle(kafka_bootstrap: str, unique_prefi
     worked, sample = lines_of("worked"), lines_of("sample")
     bad = [b"this is not json", b'{"type": "VisitOpened", "event_id": "bad-1"}',
            b'{"type": "NoSuchEvent", "person_id": "P0000140"}']
-    log = tmp_path / "worker.log"
     runner = CliRunner()
     env = {"YIBAO_BOOTSTRAP_SERVERS": kafka_bootstrap, "YIBAO_TOPIC_PREFIX": unique_prefix,
            "YIBAO_PARTITIONS": "4"}
@@ -124,12 +137,7 @@ def test_publish_worker_export_matches_settle(kafka_bootstrap: str, unique_prefi
     res = runner.invoke(cli, ["publish", str(src)], env=env)
     assert res.exit_code == 0, res.output
     expected = settle(log_lines, tmp_path)
-    proc = spawn(s, worker_id="a", log_file=log, env=FAST)
-    try:
-        live = wait_for(s, len(expected), [proc], [log], timeout=60)
-    finally:
-        terminate(proc)
-    assert_same_outputs(live, expected)
+    live = settle_live(s, expected, tmp_path)
     # per household: same order as file mode
     order = {o["event_id"]: i for i, o in enumerate(expected)}
     per_household: dict[str, list[int]] = {}
@@ -249,13 +257,7 @@ def test_newborn_treated_before_registration_settles_as_in_file_mode(
         == "ClaimSettled"
     asyncio.run(create_all(s))
     publish(s, lines)
-    log = tmp_path / "worker.log"
-    proc = spawn(s, worker_id="a", log_file=log, env=FAST)
-    try:
-        live = wait_for(s, len(expected), [proc], [log], timeout=60)
-    finally:
-        terminate(proc)
-    assert_same_outputs(live, expected)
+    settle_live(s, expected, tmp_path)
 
     async def ledger_headers() -> list[tuple[bytes, list[str]]]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
