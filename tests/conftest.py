@@ -14,7 +14,9 @@ unless they set their own ``@pytest.mark.timeout``.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +41,10 @@ def kafka_bootstrap() -> Iterator[str]:
             asyncio.run(testing.delete_topics_with_prefixes(bootstrap, testing.ISSUED_PREFIXES))
         except Exception as exc:  # a cleanup failure must not fail the run
             print(f"warning: could not delete the session's test topics: {exc}")
+        # and the local stores of workers that were killed (a clean stop removes its own)
+        for prefix in testing.ISSUED_PREFIXES:
+            for folder in Path("var/state").glob(f"{prefix}*"):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
