@@ -52,6 +52,31 @@ class Record:
 
 #: Publishers remembered (their next seq); the least recently seen is forgotten beyond this.
 PUBLISHERS_MAX = 4096
+#: Released seqs kept above a publisher's hole; beyond this the hole is taken as lost.
+AHEAD_MAX = 1024
+
+
+@dataclass(slots=True)
+class PublisherSeq:
+    """What of one publisher's gap-free numbering has been released: everything below
+    ``next``, and the seqs in ``ahead`` (released above a hole, e.g. by the wait running out
+    or by event time). ``next`` is the lowest seq not released yet — only that record can be
+    released knowing nothing earlier of its publisher is still in flight."""
+
+    next: int
+    ahead: set[int] = field(default_factory=set)
+
+    def released(self, seq: int) -> None:
+        if seq == self.next:
+            self.next += 1
+            while self.next in self.ahead:
+                self.ahead.discard(self.next)
+                self.next += 1
+        elif seq > self.next:
+            self.ahead.add(seq)
+            if len(self.ahead) > AHEAD_MAX:  # the hole is not coming (a publisher crashed)
+                self.next = min(self.ahead)
+                self.released(self.next)
 
 
 @dataclass
@@ -59,8 +84,8 @@ class TimestampMerge:
     max_wait: float = 0.0
     queues: dict[TP, deque[Record]] = field(default_factory=dict)
     caught_up: dict[TP, bool] = field(default_factory=dict)
-    #: publisher -> the seq it must come next for nothing of that publisher to be missing
-    next_seq: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
+    #: publisher -> which of its seqs have been released
+    publishers: OrderedDict[bytes, PublisherSeq] = field(default_factory=OrderedDict)
     released_at_once: int = 0  # would have waited for an idle partition, but in sequence
 
     def assign(self, tps: set[TP]) -> None:
@@ -118,15 +143,22 @@ class TimestampMerge:
                 self._released(head)
 
     def _in_sequence(self, rec: Record) -> bool:
-        return rec.publisher is not None and self.next_seq.get(rec.publisher) == rec.seq
+        if rec.publisher is None:
+            return False
+        known = self.publishers.get(rec.publisher)
+        return known is not None and known.next == rec.seq
 
     def _released(self, rec: Record) -> None:
         assert rec.publisher is not None
-        nxt = self.next_seq
-        nxt[rec.publisher] = rec.seq + 1
-        nxt.move_to_end(rec.publisher)
-        if len(nxt) > PUBLISHERS_MAX:
-            nxt.popitem(last=False)
+        pubs = self.publishers
+        known = pubs.get(rec.publisher)
+        if known is None:  # first seen: what came before it is unknown, so it starts here
+            pubs[rec.publisher] = PublisherSeq(rec.seq + 1)
+            if len(pubs) > PUBLISHERS_MAX:
+                pubs.popitem(last=False)
+        else:
+            known.released(rec.seq)
+            pubs.move_to_end(rec.publisher)
 
     def next_deadline(self) -> float | None:
         """When a record held back only by idle partitions may go (for the poll timeout)."""

@@ -340,3 +340,26 @@ def test_merge_releases_a_publishers_next_record_at_once_and_waits_after_a_gap()
     m.add(other)
     assert m.pop_ready(3.0) == [] and m.pop_ready(3.021) == [other]
     assert m.released_at_once == 2
+
+
+def test_merge_a_hole_left_by_the_wait_running_out_keeps_the_publisher_waiting() -> None:
+    """The soak's case: seq 2 (a visit's opening) is still in flight when seq 3 (another
+    person's) has waited out the wait and goes; seq 4 (a charge on that visit) must not go at
+    once just because 3 did — 2 is missing — or the charge overtakes its visit's opening."""
+    v, p, q = TP("visits", 0), TP("prescriptions", 0), TP("visits", 1)
+    pub = b"publish1"
+    m = TimestampMerge(max_wait=0.02)
+    m.assign({v, p, q})
+    for tp in (v, p, q):
+        m.set_caught_up(tp, True)
+    m.add(Record(q, 0, 100, 1, None, b"", 0.0, pub))
+    assert [r.seq for r in m.pop_ready(0.03)] == [1]  # first seen: after the wait
+    m.add(Record(q, 1, 120, 3, None, b"", 1.0, pub))  # 2 is still in flight
+    assert m.pop_ready(1.001) == []
+    assert [r.seq for r in m.pop_ready(1.021)] == [3]  # the wait ran out: 3 goes anyway
+    m.add(Record(p, 0, 130, 4, None, b"", 1.022, pub))
+    assert m.pop_ready(1.022) == []  # 2 is still missing: 4 waits
+    m.add(Record(v, 0, 110, 2, None, b"", 1.025, pub))
+    assert [r.seq for r in m.pop_ready(1.025)] == [2, 4]  # 2, then 4 (now in sequence)
+    m.add(Record(v, 1, 140, 5, None, b"", 2.0, pub))
+    assert [r.seq for r in m.pop_ready(2.0)] == [5]
