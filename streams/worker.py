@@ -58,6 +58,11 @@ def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
             group_id=topics.group(stage),
             transactional_id=f"{topics.group(stage)}-{opts.worker_id}",
             transaction_timeout_ms=opts.transaction_timeout_ms,
+            # The processor long-polls. The sequencer polls every 5 ms: aiokafka keeps one
+            # fetch in flight per broker, and a partition left out of a long-polling fetch
+            # (its last records were still buffered) is not fetched until that fetch ends, so
+            # a long poll widens the skew between partitions that the merge must absorb.
+            fetch_max_wait_ms=5 if stage == "sequencer" else 100,
         )
 
     if "sequencer" in opts.stages:
