@@ -34,7 +34,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from streams.worker import spawn, terminate
 from yibao.broker import BrokerConfig, LocalBroker
 from yibao.generate import GenerateConfig, generate_to_path
 from yibao.settings import Settings
+from yibao.testing import compare_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 LEDGER_TABLES = ("registrations", "enrollment_events", "visit_events", "payment_events")
@@ -84,19 +84,6 @@ class Reference:
     def totals(self, n_lines: int) -> dict[str, int]:
         a, o, d = self.after[n_lines - 1]
         return {"ledger": a, "settlements": o, "deadletter": d}
-
-
-def compare_outputs(live: list[dict[str, Any]], expected: list[dict[str, Any]]
-                    ) -> tuple[int, int, int]:
-    """(missing, duplicated, different) by output event id, every field compared."""
-    ids = Counter(o["event_id"] for o in live)
-    want = {o["event_id"]: o for o in expected}
-    got = {o["event_id"]: o for o in live}
-
-    missing = sum(1 for k in want if k not in got)
-    duplicated = sum(n - 1 for n in ids.values() if n > 1)
-    different = sum(1 for k, o in got.items() if want.get(k) != o)
-    return missing, duplicated, different
 
 
 def compare_projection(live: Path, ref: Path) -> tuple[int, int, int]:

@@ -37,6 +37,7 @@ from streams.topics import INPUTS, Topics, create_all
 from streams.worker import spawn, terminate
 from yibao.generate import GenerateConfig, generate_to_path
 from yibao.settings import Settings
+from yibao.testing import compare_outputs
 
 pytestmark = pytest.mark.kafka
 
@@ -275,18 +276,6 @@ def _count(settings: Settings, short: str) -> int:
     return len(asyncio.run(read_topic(settings, settings.topic_prefix + short)))
 
 
-def _outputs_equal_settle(live: list[dict[str, object]], expected: list[dict[str, object]]
-                          ) -> tuple[int, int, int]:
-    """(missing, duplicated, different) of live outputs against file mode, every field."""
-    ids = Counter(o["event_id"] for o in live)
-    exact = {o["event_id"]: o for o in expected}
-    live_by_id = {o["event_id"]: o for o in live}
-    missing = sum(1 for k in exact if k not in live_by_id)
-    duplicated = sum(n - 1 for n in ids.values() if n > 1)
-    different = sum(1 for k, o in live_by_id.items() if exact.get(k) != o)
-    return missing, duplicated, different
-
-
 def run_hostile(bootstrap: str, prefix: str, tmp: Path, *, households: int, hostile_n: int,
                 seed: int, huge_every: int, timeout: float) -> dict[str, int]:
     rng = random.Random(seed)
@@ -335,7 +324,7 @@ def run_hostile(bootstrap: str, prefix: str, tmp: Path, *, households: int, host
         elif "raw_base64" in d:
             base64.b64decode(d["raw_base64"])
     live = [json.loads(v) for _p, _o, _k, v in asyncio.run(read_topic(s, prefix + "settlements"))]
-    missing, duplicated, different = _outputs_equal_settle(live, expected)
+    missing, duplicated, different = compare_outputs(live, expected)
     assert (missing, duplicated, different) == (0, 0, 0), (missing, duplicated, different)
     # the books: every record read from the inputs is applied, a duplicate, or a dead letter;
     # the sequencer's own committed books (`yibao books`) say the same, and the ledger holds

@@ -259,3 +259,19 @@ def secured_kafka(folder: Path, users: dict[str, str], *, heap: str = "384m") ->
         yield SecuredKafka(config.bootstrap, config.secure_bootstrap, pki.ca_cert, dict(users))
     finally:
         broker.down()
+
+
+def compare_outputs(live: list[dict[str, Any]], expected: list[dict[str, Any]]
+                    ) -> tuple[int, int, int]:
+    """(missing, duplicated, different) of live output events against file mode's, by
+    output event id, every field compared: what the fault campaign and the hostile-input
+    test report after each run."""
+    from collections import Counter
+
+    ids = Counter(o["event_id"] for o in live)
+    want = {o["event_id"]: o for o in expected}
+    got = {o["event_id"]: o for o in live}
+    missing = sum(1 for k in want if k not in got)
+    duplicated = sum(n - 1 for n in ids.values() if n > 1)
+    different = sum(1 for k, o in got.items() if want.get(k) != o)
+    return missing, duplicated, different
