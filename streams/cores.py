@@ -42,7 +42,7 @@ from schemas.events import (
 )
 from schemas.exceptions import SchemaError
 from streams.merge import Record
-from streams.stores import KVStore, MemoryStore
+from streams.stores import KVStore, memory_stores
 
 # A changelog change: (store name, partition, key, value or None for a tombstone).
 Change = tuple[str, int, bytes, bytes | None]
@@ -394,7 +394,7 @@ class ProcessorCore:
 
     engine: Engine
     codec: Codec = field(default_factory=Codec)
-    store_factory: Callable[[int], KVStore] = lambda _p: MemoryStore()
+    store_factory: Callable[[int], KVStore] = memory_stores
     households: dict[int, dict[str, dict[str, Person]]] = field(default_factory=dict)
     visits: dict[int, KVStore] = field(default_factory=dict)
     dirty: dict[int, set[str]] = field(default_factory=dict)

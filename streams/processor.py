@@ -2,8 +2,9 @@
 
 Household state lives in two tables partitioned like the ledger, each backed by a compacted
 changelog: ``processor-households`` (one msgpack value of ``dict[person_id, Person]`` per
-household: persons and their open visits, in memory) and ``processor-visits`` (one record per
-settled visit, in a local RocksDB store by default; see :mod:`streams.stores` for why).
+household: persons and the visits being charged, in memory) and ``processor-visits`` (one
+record per settled visit or one whose checkout is over, in a local RocksDB store by
+default; see :mod:`streams.stores` for why).
 Each polled batch is folded through the pure engine and written — output events, the
 changed households and the ledger offsets — in one Kafka transaction. Output events go to
 ``settlements`` keyed by household on the *same partition number* as the ledger record, so
@@ -23,7 +24,7 @@ from rules.engine import Engine
 from schemas.codec import Codec
 from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore, is_replay
 from streams.runtime import Outbox, StageConfig, TxnStage, iter_changelog, log, read_changelog
-from streams.stores import KVStore, MemoryStore
+from streams.stores import KVStore, memory_stores
 from streams.topics import Topics
 
 
@@ -31,7 +32,7 @@ class Processor(TxnStage):
     name = "processor"
 
     def __init__(self, cfg: StageConfig, topics: Topics, engine: Engine,
-                 store_factory: Callable[[int], KVStore] = lambda _p: MemoryStore()) -> None:
+                 store_factory: Callable[[int], KVStore] = memory_stores) -> None:
         super().__init__(cfg, [topics.ledger], RangePartitionAssignor)
         self.t = topics
         self.codec = Codec()
@@ -39,6 +40,7 @@ class Processor(TxnStage):
         self.assigned: set[TopicPartition] = set()
         self.changelog = topics.changelog("processor", "households")
         self.visits_changelog = topics.changelog("processor", "visits")
+        self.changelogs = {HOUSEHOLDS_STORE: self.changelog, VISITS_STORE: self.visits_changelog}
         self.outbox = Outbox(self.producer)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -87,7 +89,7 @@ class Processor(TxnStage):
                 for o in core.apply(p, r.key, r.value, is_replay(r.headers)):
                     outbox.add(settlements, p, r.key, encode(o), r.timestamp)
             offsets[tp] = records[-1].offset + 1
-        changelogs = {HOUSEHOLDS_STORE: self.changelog, VISITS_STORE: self.visits_changelog}
+        changelogs = self.changelogs
         for store, p, key, value in core.take_changes():
             outbox.add(changelogs[store], p, key, value)
         await outbox.flush()

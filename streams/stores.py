@@ -61,6 +61,11 @@ class MemoryStore:
         self.data.clear()
 
 
+def memory_stores(_partition: int) -> KVStore:
+    """The store factory for tests and small deployments: a dict per partition."""
+    return MemoryStore()
+
+
 class RocksMemory:
     """One memory budget for all of a worker's RocksDB stores (one per ledger partition):
     a shared block cache that the memtables are charged to as well (RocksDB's write buffer

@@ -28,7 +28,7 @@ from streams.exceptions import StoreError
 from streams.processor import Processor
 from streams.runtime import StageConfig, TxnStage, log, percentiles
 from streams.sequencer import Sequencer
-from streams.stores import KVStore, MemoryStore, RocksMemory, RocksStore
+from streams.stores import KVStore, RocksMemory, RocksStore, memory_stores
 from streams.topics import Topics, create_all
 from yibao.kafka_security import security_env
 from yibao.settings import Settings
@@ -78,7 +78,7 @@ def store_factory(settings: Settings, opts: WorkerOptions) -> Callable[[int], KV
     """One store per ledger partition, under a folder of this worker's own (a store is a
     cache of its changelog, rebuilt on assignment, so it never outlives the process)."""
     if opts.store == "memory":
-        return lambda _p: MemoryStore()
+        return memory_stores
     if opts.store != "rocksdb":
         raise StoreError(f"store: unknown kind {opts.store!r} (rocksdb or memory)")
     root = Path(opts.state_dir) / f"{settings.topic_prefix}processor-{opts.worker_id}"
