@@ -6,7 +6,8 @@ household: persons and the visits being charged, in memory) and ``processor-visi
 record per settled visit or one whose checkout is over, in a local RocksDB store by
 default; see :mod:`streams.stores` for why).
 Each polled batch is folded through the pure engine and written — output events, the
-changed households and the ledger offsets — in one Kafka transaction. Output events go to
+changed households and the next ledger offsets (position records in the households
+changelog, see :mod:`streams.runtime`) — in one Kafka transaction. Output events go to
 ``settlements`` keyed by household on the *same partition number* as the ledger record, so
 every settlements partition has exactly one writer.
 """
@@ -23,7 +24,15 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from rules.engine import Engine
 from schemas.codec import Codec
 from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore, is_replay
-from streams.runtime import Outbox, StageConfig, TxnStage, iter_changelog, log, read_changelog
+from streams.runtime import (
+    Outbox,
+    StageConfig,
+    TxnStage,
+    decode_position,
+    iter_changelog,
+    log,
+    read_changelog,
+)
 from streams.stores import KVStore, memory_stores
 from streams.topics import Topics
 
@@ -52,20 +61,27 @@ class Processor(TxnStage):
             self.core.revoke(p)
             self.core.assign(p)
         restored = 0
+        positions: dict[TopicPartition, int] = {}
         for p, key, value in await read_changelog(self.cfg.bootstrap, self.changelog, parts):
+            pos = decode_position(key, value)
+            if pos is not None:
+                positions[TopicPartition(pos[0], p)] = pos[1]
+                continue
             self.core.restore(p, key, value)
             restored += 1
         async for chunk in iter_changelog(self.cfg.bootstrap, self.visits_changelog, parts):
             for p in {c[0] for c in chunk}:
                 self.core.restore_visits(p, ((k, v) for q, k, v in chunk if q == p))
             restored += len(chunk)
+        resumed = await self.seek_to_positions(new, positions)
         log.info("processor.assigned", partitions=len(assigned), restored=restored,
-                 seconds=round(time.monotonic() - started, 3))
+                 resumed_at=sum(resumed.values()), seconds=round(time.monotonic() - started, 3))
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self.assigned -= revoked
         for tp in revoked:
             self.core.revoke(tp.partition)
+            self.positions.pop(tp, None)
         log.info("processor.revoked", partitions=len(revoked))
 
     def close(self) -> None:
@@ -76,7 +92,9 @@ class Processor(TxnStage):
         return {"visits_loaded": c.visits_loaded, "visits_stored": c.visits_stored}
 
     async def step(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        batch = {tp: rs for tp, rs in batch.items() if rs and tp in self.assigned}
+        positions, unseen = self.positions, self.unseen
+        batch = {tp: fresh for tp, rs in batch.items() if tp in self.assigned
+                 and (fresh := unseen(rs, positions.get(tp, 0)))}
         if not batch:
             return
         await self.producer.begin_transaction()
@@ -92,5 +110,6 @@ class Processor(TxnStage):
         changelogs = self.changelogs
         for store, p, key, value in core.take_changes():
             outbox.add(changelogs[store], p, key, value)
+        self.add_positions(outbox, self.changelog, offsets)
         await outbox.flush()
-        await self.commit(offsets)
+        await self.commit()

@@ -44,6 +44,7 @@ from streams.runtime import (
     SingletonAssignor,
     StageConfig,
     TxnStage,
+    decode_position,
     log,
     percentiles,
     read_changelog,
@@ -85,18 +86,23 @@ class Sequencer(TxnStage):
         restored = 0
         for p in parts:
             self.core.assign(p)
+        positions: dict[TopicPartition, int] = {}
+        position_parts = sorted({tp.partition for tp in new})
         for store, topic in self.stores.items():
-            for p, key, value in await read_changelog(self.cfg.bootstrap, topic, parts):
-                self.core.restore(store, p, key, value)
-                restored += 1
+            wanted = position_parts if store == COUNTS_STORE else parts
+            for p, key, value in await read_changelog(self.cfg.bootstrap, topic, wanted):
+                pos = decode_position(key, value) if store == COUNTS_STORE else None
+                if pos is not None:
+                    positions[TopicPartition(pos[0], p)] = pos[1]
+                elif p in parts:
+                    self.core.restore(store, p, key, value)
+                    restored += 1
         for p in parts:
             self.core.restored(p)
-        first = await self.consumer.beginning_offsets(list(new)) if new else {}
-        for tp in new:
-            committed = await self.consumer.committed(tp)
-            # where consumption resumes (retention may have removed older records)
-            self.next_offset[tp] = max(committed or 0, first.get(tp, 0))
-            self.committed[tp] = committed or 0
+        # where consumption resumes (retention may have removed older records)
+        resumed = await self.seek_to_positions(new, positions)
+        self.next_offset.update(resumed)
+        self.committed.update(resumed)
         log.info("sequencer.assigned", partitions=len(assigned), restored=restored,
                  seconds=round(time.monotonic() - started, 3))
 
@@ -106,6 +112,7 @@ class Sequencer(TxnStage):
         for tp in revoked:
             self.next_offset.pop(tp, None)
             self.committed.pop(tp, None)
+            self.positions.pop(tp, None)
         for p in {tp.partition for tp in revoked} - {tp.partition for tp in self.assigned}:
             self.core.revoke(p)
         log.info("sequencer.revoked", partitions=len(revoked))
@@ -129,6 +136,9 @@ class Sequencer(TxnStage):
         merge = self.merge
         for tp, records in batch.items():
             if tp not in self.assigned:
+                continue
+            records = self.unseen(records, self.next_offset.get(tp, 0))
+            if not records:
                 continue
             mtp = TP(tp.topic, tp.partition)
             for r in records:
@@ -182,8 +192,9 @@ class Sequencer(TxnStage):
         stores = self.stores
         for store, p, key, value in changes:
             outbox.add(stores[store], p, key, value)
+        self.add_positions(outbox, stores[COUNTS_STORE], offsets)
         await outbox.flush()
-        await self.commit(offsets)
+        await self.commit()
         self.committed.update(offsets)
 
 

@@ -291,3 +291,49 @@ def test_newborn_treated_before_registration_settles_as_in_file_mode(
     assert res.exit_code == 0, res.output
     assert "books: read 5 = sequenced 5 + duplicates 0 + dead-lettered 0 (balanced)" in res.output
     assert "1 replayed at registration" in res.output
+
+
+@pytest.mark.timeout(120)
+def test_resumes_at_the_positions_in_its_changelog_not_the_group_offsets(
+        kafka_bootstrap: str, unique_prefix: str, tmp_path: Path) -> None:
+    """The input positions are committed in the stage's own transaction (changelog), the
+    consumer group's offsets are for lag monitoring only: rewound to 0 between two runs,
+    they change nothing — no event re-read as a duplicate, no output twice."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.cores import SequencerCounts
+    from streams.sequencer import read_books
+    from streams.topics import Topics
+
+    s = settings_for(kafka_bootstrap, unique_prefix)
+    sample = lines_of("sample")[:3000]
+    expected = settle(sample, tmp_path)
+    asyncio.run(create_all(s))
+    half = len(sample) // 2
+    (tmp_path / "first").mkdir()
+    first = settle(sample[:half], tmp_path / "first")
+    publish(s, sample[:half])
+    settle_live(s, first, tmp_path)
+
+    async def rewind_groups() -> None:
+        t = Topics.of(s)
+        for group, topics in ((t.group("sequencer"), t.inputs), (t.group("processor"),
+                                                                  [t.ledger])):
+            c = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group,
+                                 enable_auto_commit=False)
+            await c.start()
+            try:
+                await c._client.force_metadata_update()
+                c.assign([TopicPartition(topic, p) for topic in topics for p in range(4)])
+                await c.commit({tp: 0 for tp in c.assignment()})
+            finally:
+                await c.stop()
+
+    asyncio.run(rewind_groups())
+    publish(s, sample[half:])
+    settle_live(s, expected, tmp_path)
+    books = SequencerCounts()
+    for c in asyncio.run(read_books(s)).values():
+        books.add(c)
+    ids = [json.loads(ln)["event_id"] for ln in sample]
+    assert (books.read, books.duplicates) == (len(sample), len(ids) - len(set(ids)))

@@ -363,3 +363,36 @@ def test_merge_a_hole_left_by_the_wait_running_out_keeps_the_publisher_waiting()
     assert [r.seq for r in m.pop_ready(1.025)] == [2, 4]  # 2, then 4 (now in sequence)
     m.add(Record(v, 1, 140, 5, None, b"", 2.0, pub))
     assert [r.seq for r in m.pop_ready(2.0)] == [5]
+
+
+def test_records_below_the_restored_position_are_never_processed_twice() -> None:
+    """aiokafka may hand a partition's first fetch over twice when it is seeked to the
+    restored position while that fetch is in flight; the stage drops what is below it."""
+    from types import SimpleNamespace
+
+    from streams.runtime import TxnStage, decode_position, encode_position, position_key
+
+    recs = [SimpleNamespace(offset=o) for o in range(5, 10)]
+    assert [r.offset for r in TxnStage.unseen(recs, 7)] == [7, 8, 9]
+    assert TxnStage.unseen(recs, 5) is recs
+    assert TxnStage.unseen(recs, 10) == []
+    assert decode_position(position_key("p-ledger"), encode_position(2**40 + 3)) == \
+        ("p-ledger", 2**40 + 3)
+    assert decode_position(b"H0000001", b"{}") is None  # a store key is not a position
+
+
+def test_a_publisher_hole_that_never_fills_is_skipped_once_and_costs_nothing_after() -> None:
+    """A crashed publisher leaves a hole in its numbering; beyond AHEAD_MAX released seqs
+    above it, the merge goes on from there. Nothing below ``next`` may stay behind in
+    ``ahead``: it used to, and every later overflow walked back to it (a 30 s stall)."""
+    from streams.merge import AHEAD_MAX, PublisherSeq
+
+    pub = PublisherSeq(next=0)
+    pub.released(0)
+    holes = set(range(1, 200_000, 7))  # records lost for good, all over the numbering
+    for seq in range(1, 200_000):
+        if seq not in holes:
+            pub.released(seq)
+        assert not pub.ahead or min(pub.ahead) > pub.next
+        assert len(pub.ahead) <= AHEAD_MAX
+    assert pub.next >= 200_000 - 7 * AHEAD_MAX
