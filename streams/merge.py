@@ -12,8 +12,10 @@ The wait covers records still in flight from the publisher (in its batches, or a
 to another partition a moment later). yibao's publishers (``yibao publish``, the gateway
 SDK) number their records without gaps (headers ``yibao-publisher``, ``yibao-seq``), so the
 merge can see when nothing of that publisher can still be in flight: every earlier record of
-it has been released. Such a record goes at once, without the wait — at 1,000 checkouts/s
-nearly every record, since some partition is nearly always idle. Records of unknown
+it has been released or is buffered here (behind it in merge order: a record published
+later with an earlier event time, say a backdated correction, fetched with its predecessor).
+Such a record goes at once, without the wait — at 1,000 checkouts/s nearly every record,
+since some partition is nearly always idle. Records of unknown
 publishers (or after a gap, or the first one seen of a publisher) wait as before.
 
 Records leave each partition in offset order, so "committed offset = first unreleased
@@ -54,6 +56,9 @@ class Record:
 PUBLISHERS_MAX = 4096
 #: Released seqs kept above a publisher's hole; beyond this the hole is taken as lost.
 AHEAD_MAX = 1024
+#: How far below a record the merge looks for its publisher's earlier seqs among the
+#: buffered records; a wider gap waits as before.
+BUFFERED_GAP_MAX = 64
 
 
 @dataclass(slots=True)
@@ -92,6 +97,8 @@ class TimestampMerge:
     caught_up: dict[TP, bool] = field(default_factory=dict)
     #: publisher -> which of its seqs have been released
     publishers: OrderedDict[bytes, PublisherSeq] = field(default_factory=OrderedDict)
+    #: publisher -> seqs of its records buffered here, not yet released
+    buffered_seqs: dict[bytes, set[int]] = field(default_factory=dict)
     released_at_once: int = 0  # would have waited for an idle partition, but in sequence
 
     def assign(self, tps: set[TP]) -> None:
@@ -103,9 +110,16 @@ class TimestampMerge:
         for tp in tps:
             self.queues.setdefault(tp, deque())
             self.caught_up.setdefault(tp, False)
+        self.buffered_seqs.clear()
+        for q in self.queues.values():
+            for r in q:
+                if r.publisher is not None:
+                    self.buffered_seqs.setdefault(r.publisher, set()).add(r.seq)
 
     def add(self, record: Record) -> None:
         self.queues[record.tp].append(record)
+        if record.publisher is not None:
+            self.buffered_seqs.setdefault(record.publisher, set()).add(record.seq)
 
     def set_caught_up(self, tp: TP, value: bool) -> None:
         if tp in self.caught_up:
@@ -149,13 +163,28 @@ class TimestampMerge:
                 self._released(head)
 
     def _in_sequence(self, rec: Record) -> bool:
+        """Nothing published before ``rec`` by its publisher can still be in flight: every
+        earlier seq is released, or buffered here."""
         if rec.publisher is None:
             return False
         known = self.publishers.get(rec.publisher)
-        return known is not None and known.next == rec.seq
+        if known is None:
+            return False
+        first = known.next
+        if first == rec.seq:
+            return True
+        if not 0 < rec.seq - first <= BUFFERED_GAP_MAX:
+            return False
+        buffered, ahead = self.buffered_seqs.get(rec.publisher, ()), known.ahead
+        return all(s in buffered or s in ahead for s in range(first, rec.seq))
 
     def _released(self, rec: Record) -> None:
         assert rec.publisher is not None
+        buffered = self.buffered_seqs.get(rec.publisher)
+        if buffered is not None:
+            buffered.discard(rec.seq)
+            if not buffered:
+                del self.buffered_seqs[rec.publisher]
         pubs = self.publishers
         known = pubs.get(rec.publisher)
         if known is None:  # first seen: what came before it is unknown, so it starts here

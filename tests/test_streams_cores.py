@@ -396,3 +396,25 @@ def test_a_publisher_hole_that_never_fills_is_skipped_once_and_costs_nothing_aft
         assert not pub.ahead or min(pub.ahead) > pub.next
         assert len(pub.ahead) <= AHEAD_MAX
     assert pub.next >= 200_000 - 7 * AHEAD_MAX
+
+
+def test_merge_releases_a_backdated_record_at_once_when_its_predecessor_is_buffered() -> None:
+    """seq 3 was published after seq 2 but happened earlier (a backdated correction): it
+    heads the merge. With 2 buffered here nothing earlier of the publisher is in flight, so
+    3 then 2 go at once (event-time order); with 2 not yet fetched, 3 waits for it."""
+    a, b, idle = TP("visits", 0), TP("payments", 0), TP("visits", 1)
+    pub = b"gateway1"
+    m = TimestampMerge(max_wait=0.02)
+    m.assign({a, b, idle})
+    for tp in (a, b, idle):
+        m.set_caught_up(tp, True)
+    m.add(Record(a, 0, 100, 1, None, b"", 0.0, pub))
+    assert [r.seq for r in m.pop_ready(0.021)] == [1]  # first seen: after the wait
+    m.add(Record(a, 1, 200, 2, None, b"", 1.0, pub))
+    m.add(Record(b, 0, 150, 3, None, b"", 1.0, pub))
+    assert [r.seq for r in m.pop_ready(1.0)] == [3, 2]
+    m.add(Record(b, 1, 180, 5, None, b"", 2.0, pub))  # 4 not fetched yet: 5 waits for it
+    assert m.pop_ready(2.0) == []
+    m.add(Record(a, 2, 300, 4, None, b"", 2.005, pub))
+    assert [r.seq for r in m.pop_ready(2.005)] == [5, 4]
+    assert m.buffered_seqs == {} and m.publishers[pub].next == 6
