@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -268,7 +269,9 @@ async def main_async(args: argparse.Namespace) -> str:
     sample = [ln for ln in SAMPLE.read_bytes().splitlines() if ln.strip()]
     warm = renamed(sample[:400], "w")
     log = interleaved(sample, [f"c{i}" for i in range(args.copies)])
-    lat_log = interleaved(sample, [f"l{i}" for i in range(3)])
+    share = sum(b'"type": "VisitClosed"' in ln for ln in sample) / len(sample)
+    lat_copies = math.ceil(args.checkouts / share * args.seconds / len(sample))
+    lat_log = interleaved(sample, [f"l{i}" for i in range(lat_copies)])
     n_warm, n_log = expected_outputs(warm), expected_outputs(log)
     print(f"bench-live: prefix {prefix}, {args.partitions} partitions; log {len(log):,} events "
           f"({args.copies} copies of the sample) -> {n_log:,} outputs", file=sys.stderr)
@@ -333,7 +336,8 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=8, help="copies of the sample (14k each)")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--checkouts", type=float, default=1000.0, help="offered checkouts/s")
-    ap.add_argument("--seconds", type=float, default=5.0, help="latency phase length")
+    ap.add_argument("--seconds", type=float, default=15.0,
+                    help="latency phase length (15 s: 15,000 checkouts, p99 = the 150th worst)")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--split", action=argparse.BooleanOptionalAction, default=False,
                     help="run the sequencer and the processor in separate processes")

@@ -161,7 +161,7 @@ class BrokerConfig:
     controller_port: int = 9093
     home: Path = field(default_factory=lambda: project_root() / "var" / "kafka")
     libs: Path = field(default_factory=lambda: project_root() / "var" / "kafka" / "libs")
-    heap: str = "512m"
+    heap: str = "2g"
     # An optional second client listener, SASL_SSL with SCRAM-SHA-256/512 (tests of client
     # security; see yibao.testing.secured_kafka). Inter-broker and controller traffic stay on
     # the PLAINTEXT listeners of this single node.

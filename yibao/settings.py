@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         default=None,
         description="The broker's jars (fetched by `make setup`); default var/kafka/libs.",
     )
-    kafka_heap: str = Field(default="512m", description="JVM -Xmx of the local broker.")
+    kafka_heap: str = Field(default="2g", description="JVM -Xmx of the local broker.")
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod
