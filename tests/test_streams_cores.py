@@ -342,18 +342,26 @@ def test_merge_releases_a_publishers_next_record_at_once_and_waits_after_a_gap()
     assert m.released_at_once == 2
 
 
+def _merge_after_first_record(pub: bytes, tps: list[TP], first_on: TP) -> TimestampMerge:
+    """A 20 ms merge over caught-up ``tps`` that has released ``pub``'s seq 1 (ts 100, on
+    ``first_on``): the first record seen of a publisher waits out the wait."""
+    m = TimestampMerge(max_wait=0.02)
+    m.assign(set(tps))
+    for tp in tps:
+        m.set_caught_up(tp, True)
+    m.add(Record(first_on, 0, 100, 1, None, b"", 0.0, pub))
+    assert m.pop_ready(0.001) == []
+    assert [r.seq for r in m.pop_ready(0.03)] == [1]
+    return m
+
+
 def test_merge_a_hole_left_by_the_wait_running_out_keeps_the_publisher_waiting() -> None:
     """The soak's case: seq 2 (a visit's opening) is still in flight when seq 3 (another
     person's) has waited out the wait and goes; seq 4 (a charge on that visit) must not go at
     once just because 3 did — 2 is missing — or the charge overtakes its visit's opening."""
     v, p, q = TP("visits", 0), TP("prescriptions", 0), TP("visits", 1)
     pub = b"publish1"
-    m = TimestampMerge(max_wait=0.02)
-    m.assign({v, p, q})
-    for tp in (v, p, q):
-        m.set_caught_up(tp, True)
-    m.add(Record(q, 0, 100, 1, None, b"", 0.0, pub))
-    assert [r.seq for r in m.pop_ready(0.03)] == [1]  # first seen: after the wait
+    m = _merge_after_first_record(pub, [v, p, q], q)
     m.add(Record(q, 1, 120, 3, None, b"", 1.0, pub))  # 2 is still in flight
     assert m.pop_ready(1.001) == []
     assert [r.seq for r in m.pop_ready(1.021)] == [3]  # the wait ran out: 3 goes anyway
@@ -404,12 +412,7 @@ def test_merge_releases_a_backdated_record_at_once_when_its_predecessor_is_buffe
     3 then 2 go at once (event-time order); with 2 not yet fetched, 3 waits for it."""
     a, b, idle = TP("visits", 0), TP("payments", 0), TP("visits", 1)
     pub = b"gateway1"
-    m = TimestampMerge(max_wait=0.02)
-    m.assign({a, b, idle})
-    for tp in (a, b, idle):
-        m.set_caught_up(tp, True)
-    m.add(Record(a, 0, 100, 1, None, b"", 0.0, pub))
-    assert [r.seq for r in m.pop_ready(0.021)] == [1]  # first seen: after the wait
+    m = _merge_after_first_record(pub, [a, b, idle], a)
     m.add(Record(a, 1, 200, 2, None, b"", 1.0, pub))
     m.add(Record(b, 0, 150, 3, None, b"", 1.0, pub))
     assert [r.seq for r in m.pop_ready(1.0)] == [3, 2]
