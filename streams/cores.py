@@ -8,7 +8,7 @@
   registration, visits and retries all land on the same partition number) and every change
   is reported as a changelog record, so the Kafka loop can write it in the same transaction
   as the ledger record and a restart restores exactly the state that goes with the
-  committed offsets.
+  committed input positions.
 * :class:`ProcessorCore` — the household state (``dict[person_id, Person]``, stored as one
   msgpack value per household) and the pure engine: ledger record in, output events out.
 

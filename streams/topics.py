@@ -19,7 +19,8 @@ backfill or a replay of events older than that was deleted by the next retention
 (every 5 minutes), read or not: the sequencer lost the records it had not read yet and then
 waited for them for ever (its position stayed below the new log start), and the dead
 letters of old events vanished before any audit. Purge inputs below the sequencer group's
-committed offsets (``kafka-delete-records``) if disk matters.
+committed offsets (``kafka-delete-records``) if disk matters: they trail the positions the
+sequencer commits with its state by about a second, so what is below them is sequenced.
 
 The same event-time timestamps made the broker roll a new segment whenever the event time in
 a partition moved past ``segment.ms`` (7 days) — for the 2.7-year sample, a segment (open
