@@ -21,6 +21,7 @@ import asyncio
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from rules.policy import load_policy
 from streams.publish import publish_lines
 from streams.topics import Topics, create_all
 from streams.worker import spawn, terminate
+from yibao.broker import BrokerConfig, LocalBroker
 from yibao.kafka_io import create_topics
 from yibao.kafka_security import client_options
 from yibao.settings import Settings
@@ -217,6 +219,19 @@ async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float
     )
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each process so far (Linux /proc; missing ones left out)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / hz
+    return out
+
+
 def p50_p99(xs: list[float]) -> tuple[float, float]:
     s = sorted(xs)
     return statistics.median(s), s[min(len(s) - 1, int(len(s) * 0.99))]
@@ -306,11 +321,17 @@ async def main_async(args: argparse.Namespace) -> str:
         gc.collect()
         gc.freeze()
         gc.disable()
+        pids = {f"worker {i}": p.pid for i, p in enumerate(procs)} | {"benchmark": os.getpid()}
+        broker_pid = LocalBroker(BrokerConfig.from_settings(settings)).status().pid
+        if broker_pid is not None:  # our local broker (not one in Docker or elsewhere)
+            pids["broker"] = broker_pid
+        cpu0, t0 = cpu_seconds(pids), time.monotonic()
         try:
             lat = await latency(settings, lat_log, args.checkouts, args.seconds)
         finally:
             gc.enable()
             gc.unfreeze()
+        cpu1, elapsed = cpu_seconds(pids), time.monotonic() - t0
         p50, p99 = p50_p99(lat.total)
         print(f"  latency: {len(lat.total):,} checkouts at {args.checkouts:,.0f}/s offered: "
               f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lat.total):.1f} ms", file=sys.stderr)
@@ -318,6 +339,9 @@ async def main_async(args: argparse.Namespace) -> str:
                          ("ledger -> settlement (processor)", lat.processor)):
             a, b = p50_p99(xs)
             print(f"    {name}: p50 {a:.1f} ms, p99 {b:.1f} ms", file=sys.stderr)
+        print("    CPU in the latency phase, % of one core: " + ", ".join(
+            f"{k} {100 * (cpu1[k] - cpu0[k]) / elapsed:.0f}%" for k in cpu1 if k in cpu0)
+            + f" (of {100 * (os.cpu_count() or 1)}%)", file=sys.stderr)
     finally:
         for proc in procs:
             terminate(proc)
