@@ -26,6 +26,7 @@ Pure: no I/O, no clock (``now`` is passed in), so it is tested without a broker.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -46,10 +47,6 @@ class Record:
     value: bytes
     arrived: float = 0.0  # monotonic seconds when buffered
     publisher: bytes | None = None  # yibao-publisher header (its seq has no gaps)
-
-    @property
-    def order(self) -> tuple[int, int]:
-        return (self.timestamp, self.seq)
 
 
 #: Publishers remembered (their next seq); the least recently seen is forgotten beyond this.
@@ -92,6 +89,11 @@ class PublisherSeq:
 
 @dataclass
 class TimestampMerge:
+    """The merge state. The heads of the non-empty queues are kept in a heap, and the empty
+    queues are counted (still being fetched, or caught up), so releasing a record costs a
+    heap operation rather than a scan of every partition (32 for four topics of 8: the scan
+    was 8% of the worker's CPU at 1,000 checkouts/s)."""
+
     max_wait: float = 0.0
     queues: dict[TP, deque[Record]] = field(default_factory=dict)
     caught_up: dict[TP, bool] = field(default_factory=dict)
@@ -100,6 +102,13 @@ class TimestampMerge:
     #: publisher -> seqs of its records buffered here, not yet released
     buffered_seqs: dict[bytes, set[int]] = field(default_factory=dict)
     released_at_once: int = 0  # would have waited for an idle partition, but in sequence
+    #: (timestamp, seq, queue index, tp) of every non-empty queue's head; the index (order
+    #: of assignment) breaks ties as the scan over ``queues`` in insertion order did
+    _heads: list[tuple[int, int, int, TP]] = field(default_factory=list)
+    _index: dict[TP, int] = field(default_factory=dict)
+    _next_index: int = 0
+    _empty_fetching: int = 0  # empty queues not caught up: nothing may be released
+    _empty_caught_up: int = 0  # empty queues at their end: the wait applies
 
     def assign(self, tps: set[TP]) -> None:
         """Set the assigned partitions; queues of revoked ones are dropped (re-read later)."""
@@ -107,23 +116,47 @@ class TimestampMerge:
             if tp not in tps:
                 del self.queues[tp]
                 self.caught_up.pop(tp, None)
+                self._index.pop(tp, None)
         for tp in tps:
-            self.queues.setdefault(tp, deque())
+            if tp not in self.queues:
+                self.queues[tp] = deque()
+                self._index[tp] = self._next_index
+                self._next_index += 1
             self.caught_up.setdefault(tp, False)
         self.buffered_seqs.clear()
         for q in self.queues.values():
             for r in q:
                 if r.publisher is not None:
                     self.buffered_seqs.setdefault(r.publisher, set()).add(r.seq)
+        self._heads = [(q[0].timestamp, q[0].seq, self._index[tp], tp)
+                       for tp, q in self.queues.items() if q]
+        heapq.heapify(self._heads)
+        empty = [tp for tp, q in self.queues.items() if not q]
+        self._empty_caught_up = sum(1 for tp in empty if self.caught_up[tp])
+        self._empty_fetching = len(empty) - self._empty_caught_up
 
     def add(self, record: Record) -> None:
-        self.queues[record.tp].append(record)
+        tp = record.tp
+        q = self.queues[tp]
+        if not q:
+            if self.caught_up[tp]:
+                self._empty_caught_up -= 1
+            else:
+                self._empty_fetching -= 1
+            heapq.heappush(self._heads, (record.timestamp, record.seq, self._index[tp], tp))
+        q.append(record)
         if record.publisher is not None:
             self.buffered_seqs.setdefault(record.publisher, set()).add(record.seq)
 
     def set_caught_up(self, tp: TP, value: bool) -> None:
-        if tp in self.caught_up:
-            self.caught_up[tp] = value
+        old = self.caught_up.get(tp)
+        if old is None or old == value:
+            return
+        self.caught_up[tp] = value
+        if not self.queues[tp]:
+            delta = 1 if value else -1
+            self._empty_caught_up += delta
+            self._empty_fetching -= delta
 
     def buffered(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -135,32 +168,30 @@ class TimestampMerge:
     def pop_ready(self, now: float) -> list[Record]:
         """Release, in merge order, every record that can be released now."""
         out: list[Record] = []
-        queues = self.queues
-        while True:
-            best: deque[Record] | None = None
-            best_key: tuple[int, int] | None = None
-            empty_blocks = False
-            waiting_on_idle = False
-            for tp, q in queues.items():
-                if q:
-                    k = q[0].order
-                    if best_key is None or k < best_key:
-                        best, best_key = q, k
-                elif not self.caught_up.get(tp, False):
-                    empty_blocks = True
-                    break
-                else:
-                    waiting_on_idle = True
-            if best is None or empty_blocks:
-                return out
-            head = best[0]
-            if waiting_on_idle and self.max_wait > 0 and now - head.arrived < self.max_wait:
+        heads, queues = self._heads, self.queues
+        while heads and not self._empty_fetching:
+            _ts, _seq, index, tp = heads[0]
+            q = queues[tp]
+            head = q[0]
+            if (self._empty_caught_up and self.max_wait > 0
+                    and now - head.arrived < self.max_wait):
                 if not self._in_sequence(head):
                     return out
                 self.released_at_once += 1
-            out.append(best.popleft())
+            q.popleft()
+            if q:
+                nxt = q[0]
+                heapq.heapreplace(heads, (nxt.timestamp, nxt.seq, index, tp))
+            else:
+                heapq.heappop(heads)
+                if self.caught_up[tp]:
+                    self._empty_caught_up += 1
+                else:
+                    self._empty_fetching += 1
+            out.append(head)
             if head.publisher is not None:
                 self._released(head)
+        return out
 
     def _in_sequence(self, rec: Record) -> bool:
         """Nothing published before ``rec`` by its publisher can still be in flight: every
