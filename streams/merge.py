@@ -92,7 +92,7 @@ class TimestampMerge:
     """The merge state. The heads of the non-empty queues are kept in a heap, and the empty
     queues are counted (still being fetched, or caught up), so releasing a record costs a
     heap operation rather than a scan of every partition (32 for four topics of 8: the scan
-    was 8% of the worker's CPU at 1,000 checkouts/s)."""
+    was 8% of the worker's time under cProfile at 1,000 checkouts/s)."""
 
     max_wait: float = 0.0
     queues: dict[TP, deque[Record]] = field(default_factory=dict)

@@ -75,7 +75,8 @@ class Processor(TxnStage):
             restored += len(chunk)
         resumed = await self.seek_to_positions(new, positions)
         log.info("processor.assigned", partitions=len(assigned), restored=restored,
-                 resumed_at=sum(resumed.values()), seconds=round(time.monotonic() - started, 3))
+                 positions_restored=len(positions), resumed=len(resumed),
+                 seconds=round(time.monotonic() - started, 3))
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self.assigned -= revoked
