@@ -68,6 +68,11 @@ def interleaved(lines: list[bytes], tags: list[str]) -> list[bytes]:
     return [c[i] for i in range(len(lines)) for c in copies]
 
 
+def checkout_share(lines: list[bytes]) -> float:
+    """Share of the lines that are checkouts (``VisitClosed``)."""
+    return sum(b'"type": "VisitClosed"' in ln for ln in lines) / len(lines)
+
+
 def expected_outputs(lines: list[bytes]) -> int:
     fold = Fold(Engine(load_policy(None)))
     return sum(len(r) for r in fold.run(lines) if isinstance(r, list))
@@ -168,8 +173,7 @@ async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float
     """Publish ``lines`` at the rate that makes 1,000 checkouts/s; return latencies (ms),
     end to end and split at the ledger (where the sequencer hands over to the processor)."""
     closed = [b'"type": "VisitClosed"' in ln for ln in lines]
-    share = sum(closed) / len(lines)
-    rate = checkouts_per_s / share
+    rate = checkouts_per_s / checkout_share(lines)
     lines = lines[: int(rate * seconds)]
     closed = closed[: len(lines)]
     sent: dict[str, float] = {}
@@ -284,8 +288,7 @@ async def main_async(args: argparse.Namespace) -> str:
     sample = [ln for ln in SAMPLE.read_bytes().splitlines() if ln.strip()]
     warm = renamed(sample[:400], "w")
     log = interleaved(sample, [f"c{i}" for i in range(args.copies)])
-    share = sum(b'"type": "VisitClosed"' in ln for ln in sample) / len(sample)
-    lat_copies = math.ceil(args.checkouts / share * args.seconds / len(sample))
+    lat_copies = math.ceil(args.checkouts / checkout_share(sample) * args.seconds / len(sample))
     lat_log = interleaved(sample, [f"l{i}" for i in range(lat_copies)])
     n_warm, n_log = expected_outputs(warm), expected_outputs(log)
     print(f"bench-live: prefix {prefix}, {args.partitions} partitions; log {len(log):,} events "

@@ -65,7 +65,6 @@ class Sequencer(TxnStage):
         self.core = SequencerCore(window=window)
         self.merge = TimestampMerge(max_wait=max_wait)
         self.next_offset: dict[TopicPartition, int] = {}
-        self.committed: dict[TopicPartition, int] = {}
         self.assigned: set[TopicPartition] = set()
         self.outbox = Outbox(self.producer)
         # how long released records sat in the merge (s): the cost of the merge wait
@@ -100,9 +99,7 @@ class Sequencer(TxnStage):
         for p in parts:
             self.core.restored(p)
         # where consumption resumes (retention may have removed older records)
-        resumed = await self.seek_to_positions(new, positions)
-        self.next_offset.update(resumed)
-        self.committed.update(resumed)
+        self.next_offset.update(await self.seek_to_positions(new, positions))
         log.info("sequencer.assigned", partitions=len(assigned), restored=restored,
                  seconds=round(time.monotonic() - started, 3))
 
@@ -111,7 +108,6 @@ class Sequencer(TxnStage):
         self.merge.assign({TP(tp.topic, tp.partition) for tp in self.assigned})
         for tp in revoked:
             self.next_offset.pop(tp, None)
-            self.committed.pop(tp, None)
             self.positions.pop(tp, None)
         for p in {tp.partition for tp in revoked} - {tp.partition for tp in self.assigned}:
             self.core.revoke(p)
@@ -164,7 +160,7 @@ class Sequencer(TxnStage):
         first = merge.first_unreleased()
         offsets = {tp: first.get(TP(tp.topic, tp.partition), self.next_offset.get(tp, 0))
                    for tp in self.assigned}
-        offsets = {tp: o for tp, o in offsets.items() if o != self.committed.get(tp)}
+        offsets = {tp: o for tp, o in offsets.items() if o != self.positions.get(tp)}
         if not released and not offsets:
             return
         await self.producer.begin_transaction()
@@ -195,7 +191,6 @@ class Sequencer(TxnStage):
         self.add_positions(outbox, stores[COUNTS_STORE], offsets)
         await outbox.flush()
         await self.commit()
-        self.committed.update(offsets)
 
 
 async def read_books(settings: Settings) -> dict[int, SequencerCounts]:
