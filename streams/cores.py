@@ -433,7 +433,12 @@ class ProcessorCore:
               ) -> list[OutputEvent]:
         """Fold one ledger record (already validated and deduplicated) into its household;
         a replay (see :class:`SequencerCore`) changes the state only."""
-        event = self.codec.decode(value)
+        return self.apply_event(partition, key, self.codec.decode(value), replay)
+
+    def apply_event(self, partition: int, key: bytes, event: InputEvent, replay: bool = False
+                    ) -> list[OutputEvent]:
+        """:meth:`apply` of a record the caller has decoded already (the sequencer has, when
+        it applies the ledger records of a partition its own worker processes)."""
         hh = key.decode()
         table = self.households[partition]
         persons = table.get(hh)

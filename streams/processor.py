@@ -14,6 +14,8 @@ every settlements partition has exactly one writer.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,12 +28,14 @@ from schemas.codec import Codec
 from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore, is_replay
 from streams.runtime import (
     Outbox,
+    Position,
     StageConfig,
     TxnStage,
     decode_position,
     iter_changelog,
     log,
     read_changelog,
+    resolve_skips,
 )
 from streams.stores import KVStore, memory_stores
 from streams.topics import Topics
@@ -51,6 +55,11 @@ class Processor(TxnStage):
         self.visits_changelog = topics.changelog("processor", "visits")
         self.changelogs = {HOUSEHOLDS_STORE: self.changelog, VISITS_STORE: self.visits_changelog}
         self.outbox = Outbox(self.producer)
+        # Ledger partitions the local sequencer applies in its own transaction (see
+        # :meth:`streams.sequencer.Sequencer.attach`): paused here, their positions moved on
+        # by the sequencer's transactions.
+        self.fused: set[TopicPartition] = set()
+        self.progressed = asyncio.Event()  # set by every commit, for :meth:`wait_for`
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         new = assigned - self.assigned
@@ -61,11 +70,11 @@ class Processor(TxnStage):
             self.core.revoke(p)
             self.core.assign(p)
         restored = 0
-        positions: dict[TopicPartition, int] = {}
+        stored: dict[TopicPartition, Position] = {}
         for p, key, value in await read_changelog(self.cfg.bootstrap, self.changelog, parts):
             pos = decode_position(key, value)
             if pos is not None:
-                positions[TopicPartition(pos[0], p)] = pos[1]
+                stored[TopicPartition(pos.topic, p)] = pos
                 continue
             self.core.restore(p, key, value)
             restored += 1
@@ -73,7 +82,9 @@ class Processor(TxnStage):
             for p in {c[0] for c in chunk}:
                 self.core.restore_visits(p, ((k, v) for q, k, v in chunk if q == p))
             restored += len(chunk)
+        positions = await resolve_skips(self.cfg.bootstrap, stored)
         resumed = await self.seek_to_positions(new, positions)
+        self.consumer.resume(*new)
         log.info("processor.assigned", partitions=len(assigned), restored=restored,
                  positions_restored=len(positions), resumed=len(resumed),
                  seconds=round(time.monotonic() - started, 3))
@@ -83,14 +94,44 @@ class Processor(TxnStage):
         for tp in revoked:
             self.core.revoke(tp.partition)
             self.positions.pop(tp, None)
+        self.fused -= revoked
         log.info("processor.revoked", partitions=len(revoked))
 
     def close(self) -> None:
         self.core.close()
 
+    def fuse(self, tp: TopicPartition) -> None:
+        """Hand ``tp`` to the local sequencer, which must hold ``self.lock`` and know that
+        every ledger record of ``tp`` below :attr:`positions` is all there is."""
+        self.consumer.pause(tp)
+        self.fused.add(tp)
+
+    def unfuse_all(self) -> None:
+        """Take the fused partitions back (the local sequencer stops writing the ledger):
+        consume them again from where the sequencer's transactions left them."""
+        for tp in self.fused:
+            if tp in self.assigned:
+                self.consumer.seek(tp, self.positions.get(tp, 0))
+                self.consumer.resume(tp)
+        self.fused.clear()
+
+    async def wait_for(self, targets: dict[TopicPartition, int], timeout: float) -> bool:
+        """Wait until the committed positions reach ``targets``; whether they did."""
+        deadline = time.monotonic() + timeout
+        while any(self.positions.get(tp, 0) < o for tp, o in targets.items()
+                  if tp in self.assigned):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.progressed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progressed.wait(), left)
+        return True
+
     def extra_stats(self) -> dict[str, Any]:
         c = self.core.counts
-        return {"visits_loaded": c.visits_loaded, "visits_stored": c.visits_stored}
+        return {"visits_loaded": c.visits_loaded, "visits_stored": c.visits_stored,
+                "fused_at_stop": len(self.fused)}
 
     async def step(self, batch: dict[TopicPartition, list[Any]]) -> None:
         positions, unseen = self.positions, self.unseen
@@ -114,3 +155,4 @@ class Processor(TxnStage):
         self.add_positions(outbox, self.changelog, offsets)
         await outbox.flush()
         await self.commit()
+        self.progressed.set()

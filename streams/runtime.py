@@ -168,15 +168,71 @@ def position_key(topic: str) -> bytes:
     return POSITION_PREFIX + topic.encode()
 
 
-def encode_position(offset: int) -> bytes:
-    return offset.to_bytes(8, "big")
+@dataclass(frozen=True)
+class Position:
+    """Where a stage resumes in an input partition: at ``offset``, after skipping ``skip``
+    committed records from there. ``skip`` is 0 except in the positions the sequencer writes
+    for the processor (:meth:`streams.sequencer.Sequencer.attach`), which are written before
+    the broker has given offsets to the ledger records they count: "the end of the
+    sequencer's previous write, then this many records"."""
+
+    topic: str
+    offset: int
+    skip: int = 0
 
 
-def decode_position(key: bytes, value: bytes | None) -> tuple[str, int] | None:
-    """(input topic, next offset) if ``key`` is a position record, else ``None``."""
+def encode_position(offset: int, skip: int = 0) -> bytes:
+    return offset.to_bytes(8, "big") + (skip.to_bytes(8, "big") if skip else b"")
+
+
+def decode_position(key: bytes, value: bytes | None) -> Position | None:
+    """The position if ``key`` is a position record, else ``None``."""
     if not key.startswith(POSITION_PREFIX) or value is None:
         return None
-    return key[len(POSITION_PREFIX):].decode(), int.from_bytes(value, "big")
+    return Position(key[len(POSITION_PREFIX):].decode(), int.from_bytes(value[:8], "big"),
+                    int.from_bytes(value[8:16], "big"))
+
+
+async def resolve_skips(bootstrap: KafkaTarget, positions: Mapping[TopicPartition, Position],
+                        *, timeout: float = 60.0) -> dict[TopicPartition, int]:
+    """The offset of every position: for one with a ``skip``, the offset after the
+    ``skip``-th committed record from its ``offset`` on (read_committed, so aborted records
+    and transaction markers do not count)."""
+    out = {tp: pos.offset for tp, pos in positions.items()}
+    todo = {tp: pos for tp, pos in positions.items() if pos.skip}
+    if not todo:
+        return out
+    consumer = AIOKafkaConsumer(
+        **client_options(bootstrap), group_id=None, enable_auto_commit=False,
+        isolation_level="read_committed", fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(todo))
+        left = {}
+        for tp, pos in todo.items():
+            consumer.seek(tp, pos.offset)
+            left[tp] = pos.skip
+        deadline = time.monotonic() + timeout
+        while left:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"resolving the positions of {sorted(left)} took more "
+                                   f"than {timeout}s")
+            batch = await consumer.getmany(*left, timeout_ms=200)
+            for tp, records in batch.items():
+                if tp not in left:
+                    continue
+                records = [r for r in records if r.offset >= todo[tp].offset]
+                n = left[tp]
+                if len(records) >= n:
+                    out[tp] = records[n - 1].offset + 1
+                    del left[tp]
+                    consumer.pause(tp)
+                else:
+                    left[tp] = n - len(records)
+    finally:
+        await consumer.stop()
+    return out
 
 
 class Outbox:
@@ -207,8 +263,10 @@ class Outbox:
         self.records.setdefault((topic, partition), []).append(
             (key, value, timestamp_ms, headers or []))
 
-    async def flush(self) -> None:
+    async def flush(self) -> dict[tuple[str, int], Sent]:
+        """Send every record added; per partition, where its last record will land."""
         producer = self.producer
+        sent: dict[tuple[str, int], Sent] = {}
         for (topic, partition), recs in self.records.items():
             batch = producer.create_batch()
             for key, value, ts, headers in recs:
@@ -216,8 +274,24 @@ class Outbox:
                     await producer.send_batch(batch, topic, partition=partition)
                     batch = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=ts, headers=headers)
-            await producer.send_batch(batch, topic, partition=partition)
+            sent[topic, partition] = Sent(
+                await producer.send_batch(batch, topic, partition=partition),
+                batch.record_count())
         self.records.clear()
+        return sent
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The last batch sent to a partition: its delivery future and its record count."""
+
+    delivered: asyncio.Future[Any]
+    count: int
+
+    async def end(self) -> int:
+        """The offset after the last record (once the broker has acknowledged the batch)."""
+        meta = await self.delivered
+        return int(meta.offset) + self.count
 
 
 async def read_changelog(
@@ -334,9 +408,9 @@ class TxnStage:
         t1 = time.perf_counter()
         self.batches += 1
         self.timing["commit"] += t1 - t0
-        self._maybe_commit_group_offsets(t1)
+        self.maybe_commit_group_offsets(t1)
 
-    def _maybe_commit_group_offsets(self, now: float) -> None:
+    def maybe_commit_group_offsets(self, now: float) -> None:
         """Lag monitoring only (``kafka-consumer-groups.sh``): once a second, in the background,
         never on a batch's path. A failure (a rebalance) is harmless: nothing reads them."""
         if now - self._group_committed_at < 1.0 or not self.positions or (

@@ -46,11 +46,13 @@ class WorkerOptions:
     store: str = "rocksdb"  # or "memory"
     state_dir: str = "var/state"
     store_cache_mb: int = 64
+    fuse: bool = True  # see Sequencer.attach
 
 
 def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
     topics = Topics.of(settings)
     stages: list[TxnStage] = []
+    sequencer: Sequencer | None = None
 
     def cfg(stage: str) -> StageConfig:
         return StageConfig(
@@ -66,11 +68,15 @@ def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
         )
 
     if "sequencer" in opts.stages:
-        stages.append(Sequencer(cfg("sequencer"), topics, max_wait=opts.merge_wait_ms / 1000,
-                                window=dt.timedelta(days=opts.dedup_window_days)))
+        sequencer = Sequencer(cfg("sequencer"), topics, max_wait=opts.merge_wait_ms / 1000,
+                              window=dt.timedelta(days=opts.dedup_window_days))
+        stages.append(sequencer)
     if "processor" in opts.stages:
-        stages.append(Processor(cfg("processor"), topics, Engine(load_policy(opts.policy_path)),
-                                store_factory(settings, opts)))
+        processor = Processor(cfg("processor"), topics, Engine(load_policy(opts.policy_path)),
+                              store_factory(settings, opts))
+        if opts.fuse and sequencer is not None:
+            sequencer.attach(processor)
+        stages.append(processor)
     return stages
 
 

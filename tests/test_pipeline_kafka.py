@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -86,6 +87,15 @@ def wait_for(settings: Settings, count: int, procs: list[subprocess.Popen[bytes]
     raise AssertionError(f"{len(got)} of {count} settlements after {timeout}s; logs:\n{tails}")
 
 
+def stopped(log: Path, stage: str) -> list[dict[str, Any]]:
+    """The stop records (``<stage>.stopped``) of every run of a stage in a worker's log."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if f'"{stage}.stopped"' in line:
+            out.append(json.loads(line))
+    return out
+
+
 def assert_same_outputs(live: list[dict[str, object]], expected: list[dict[str, object]]
                         ) -> None:
     ids = Counter(o["event_id"] for o in live)
@@ -101,12 +111,13 @@ def publish(settings: Settings, lines: list[bytes], rate: float | None = None) -
     asyncio.run(publish_lines(settings, lines, rate=rate))
 
 
-def settle_live(settings: Settings, expected: list[dict[str, object]], tmp: Path
-                ) -> list[dict[str, object]]:
+def settle_live(settings: Settings, expected: list[dict[str, object]], tmp: Path,
+                fuse: bool = True) -> list[dict[str, object]]:
     """One worker over what is published, until file mode's output count; its outputs,
     checked equal to file mode's."""
     log = tmp / "worker.log"
-    proc = spawn(settings, worker_id="a", log_file=log, env=FAST)
+    proc = spawn(settings, worker_id="a", log_file=log,
+                 env={**FAST, "YIBAO_FUSE": "1" if fuse else "0"})
     try:
         live = wait_for(settings, len(expected), [proc], [log], timeout=60)
     finally:
@@ -217,6 +228,9 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
                             kills=[1.5, 4.0])
     live = wait_for(s, len(expected), _procs, logs, timeout=60)
     assert_same_outputs(live, expected)
+    # killed while settling in the sequencer's transactions, restarted from the positions
+    # they wrote (offset + records to skip, see Sequencer.attach)
+    assert '"sequencer.fused"' in logs[0].read_text()
 
 
 @pytest.mark.timeout(150)
@@ -331,9 +345,46 @@ def test_resumes_at_the_positions_in_its_changelog_not_the_group_offsets(
 
     asyncio.run(rewind_groups())
     publish(s, sample[half:])
-    settle_live(s, expected, tmp_path)
+    # this run settles through the ledger (the processor's own transactions)
+    settle_live(s, expected, tmp_path, fuse=False)
+    assert int(stopped(tmp_path / "worker.log", "sequencer")[-1]["fused_records"]) == 0
+    assert int(stopped(tmp_path / "worker.log", "processor")[-1]["batches"]) > 0
     books = SequencerCounts()
     for c in asyncio.run(read_books(s)).values():
         books.add(c)
     ids = [json.loads(ln)["event_id"] for ln in sample]
     assert (books.read, books.duplicates) == (len(sample), len(ids) - len(set(ids)))
+
+
+@pytest.mark.timeout(150)
+def test_a_worker_joining_mid_stream_takes_partitions_from_the_fused_one(
+        kafka_bootstrap: str, unique_prefix: str, tmp_path: Path) -> None:
+    """Worker x runs alone and settles every ledger partition in its sequencer's
+    transactions; y joins while events flow, so the processor partitions (and perhaps the
+    sequencer) move: the fused partitions go back to reading the ledger, from the positions
+    the sequencer's transactions left. Outputs stay exactly file mode's."""
+    s = settings_for(kafka_bootstrap, unique_prefix)
+    sample = lines_of("sample")
+    expected = settle(sample, tmp_path)
+    asyncio.run(create_all(s))
+    logs = [tmp_path / "worker-x.log", tmp_path / "worker-y.log"]
+    _procs.append(spawn(s, worker_id="x", log_file=logs[0], env=FAST))
+    time.sleep(2)
+
+    async def publish_and_join() -> None:
+        task = asyncio.create_task(publish_lines(s, sample, rate=2500))
+        await asyncio.sleep(2.5)
+        n = len(await read_topic(s, s.topic_prefix + "settlements"))
+        assert 0 < n < len(expected), "y must join mid-stream"
+        _procs.append(spawn(s, worker_id="y", log_file=logs[1], env=FAST))
+        await task
+
+    asyncio.run(publish_and_join())
+    live = wait_for(s, len(expected), _procs, logs, timeout=60)
+    assert_same_outputs(live, expected)
+    for p in list(_procs):
+        terminate(p)
+    x_log = logs[0].read_text()
+    assert '"sequencer.fused"' in x_log and '"processor.revoked"' in x_log
+    processed = [int(r["records"]) for log in logs for r in stopped(log, "processor")]
+    assert sum(processed) > 0, "no partition went back to reading the ledger"

@@ -378,14 +378,23 @@ def test_records_below_the_restored_position_are_never_processed_twice() -> None
     restored position while that fetch is in flight; the stage drops what is below it."""
     from types import SimpleNamespace
 
-    from streams.runtime import TxnStage, decode_position, encode_position, position_key
+    from streams.runtime import (
+        Position,
+        TxnStage,
+        decode_position,
+        encode_position,
+        position_key,
+    )
 
     recs = [SimpleNamespace(offset=o) for o in range(5, 10)]
     assert [r.offset for r in TxnStage.unseen(recs, 7)] == [7, 8, 9]
     assert TxnStage.unseen(recs, 5) is recs
     assert TxnStage.unseen(recs, 10) == []
     assert decode_position(position_key("p-ledger"), encode_position(2**40 + 3)) == \
-        ("p-ledger", 2**40 + 3)
+        Position("p-ledger", 2**40 + 3)
+    assert decode_position(position_key("p-ledger"), encode_position(7, 12)) == \
+        Position("p-ledger", 7, 12)
+    assert len(encode_position(7)) == 8  # the positions written before skips existed
     assert decode_position(b"H0000001", b"{}") is None  # a store key is not a position
 
 

@@ -106,10 +106,15 @@ def export(settings: Settings, topic: str, out: str, timeout: float) -> None:
 @click.option("--store-cache-mb", type=click.IntRange(min=8), default=64, show_envvar=True,
               envvar="YIBAO_STORE_CACHE_MB", show_default=True,
               help="RocksDB memory of the worker (block cache and memtables, all partitions).")
+@click.option("--fuse/--no-fuse", default=True, show_envvar=True, envvar="YIBAO_FUSE",
+              show_default=True,
+              help="With both stages here, settle the ledger partitions this worker owns in "
+                   "the sequencer's transaction (one transaction per checkout, not two).")
 @click.pass_obj
 def worker(settings: Settings, worker_id: str, merge_wait_ms: int, dedup_window_days: int,
            policy_path: str | None, stages: tuple[str, ...],
-           transaction_timeout_ms: int, store: str, state_dir: str, store_cache_mb: int) -> None:
+           transaction_timeout_ms: int, store: str, state_dir: str, store_cache_mb: int,
+           fuse: bool) -> None:
     """Run the sequencer and the settlement processor (exactly-once, Kafka transactions)."""
     from streams.worker import WorkerOptions, main
 
@@ -117,7 +122,7 @@ def worker(settings: Settings, worker_id: str, merge_wait_ms: int, dedup_window_
         worker_id=worker_id, merge_wait_ms=merge_wait_ms,
         dedup_window_days=dedup_window_days, policy_path=policy_path, stages=tuple(stages),
         transaction_timeout_ms=transaction_timeout_ms, store=store, state_dir=state_dir,
-        store_cache_mb=store_cache_mb,
+        store_cache_mb=store_cache_mb, fuse=fuse,
     ))
 
 
