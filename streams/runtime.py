@@ -15,7 +15,9 @@ tables also cannot be written from ``stream.take()`` batches, and per-event acki
 Kafka makes that all-or-nothing: a worker killed at any moment leaves either the whole
 batch (outputs + state + positions) or none of it, and the next owner of the partitions
 restores the state from the changelog (compacted topics, read_committed) and resumes at
-the positions restored with it. That is exactly-once for outputs *and* tables.
+the positions restored with it. That is exactly-once for outputs *and* tables. With both
+stages in one worker, one transaction carries a checkout all the way: the sequencer applies
+the ledger partitions its own processor owns (:meth:`streams.sequencer.Sequencer.attach`).
 
 Why the input positions live in the state changelog (a ``POSITION_PREFIX`` record per input
 partition, in the changelog partition of the same number) and not in the consumer group
