@@ -221,20 +221,12 @@ class Sequencer(TxnStage):
 
     def fusable(self, proc: Processor) -> set[int]:
         """The ledger partitions to apply in this transaction (caller holds ``proc.lock``)."""
-        out: set[int] = set()
-        ends = self.ledger_end
-        newly = 0
-        for tp in proc.assigned:
-            if tp not in proc.fused:
-                end = ends.get(tp.partition)
-                if end is None or proc.positions.get(tp, 0) < end:
-                    continue
-                proc.fuse(tp)
-                newly += 1
-            out.add(tp.partition)
+        newly = to_fuse(proc.assigned, proc.fused, proc.positions, self.ledger_end)
+        for tp in newly:
+            proc.fuse(tp)
         if newly:
-            log.info("sequencer.fused", partitions=newly, fused=len(proc.fused))
-        return out
+            log.info("sequencer.fused", partitions=len(newly), fused=len(proc.fused))
+        return {tp.partition for tp in proc.fused}
 
     async def write(self, released: list[Record], offsets: dict[TopicPartition, int],
                     proc: Processor | None) -> None:
@@ -299,6 +291,18 @@ class Sequencer(TxnStage):
             proc.positions.update(
                 {TopicPartition(ledger, p): self.ledger_end[p] for p in applied})
             proc.maybe_commit_group_offsets(time.perf_counter())
+
+
+def to_fuse(assigned: set[TopicPartition], fused: set[TopicPartition],
+            positions: dict[TopicPartition, int], ledger_end: dict[int, int]
+            ) -> list[TopicPartition]:
+    """The processor's partitions that may be fused now: those whose committed position
+    has reached the end of this sequencer's last write to them. One it has not written
+    since it took the inputs over may still hold a predecessor's records the processor has
+    not read (and the ledger's end offsets cannot tell: a commit's markers are written
+    after the commit returns), so it waits for this sequencer's first write."""
+    return [tp for tp in assigned if tp not in fused and tp.partition in ledger_end
+            and positions.get(tp, 0) >= ledger_end[tp.partition]]
 
 
 async def read_books(settings: Settings) -> dict[int, SequencerCounts]:

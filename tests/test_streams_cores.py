@@ -501,3 +501,21 @@ def test_merge_heap_releases_exactly_what_a_scan_of_every_partition_releases() -
                 m.assign(set(tps))  # ...and gives the partitions back, empty
                 ref.assign(set(tps))
     assert released > 2000  # the comparison was not vacuous
+
+
+def test_a_ledger_partition_is_fused_only_once_the_processor_has_read_all_it_was_written() -> None:
+    """The safety rule of the fused transaction (Sequencer.attach): fusing a partition
+    whose earlier records the processor has not committed would skip them."""
+    from aiokafka import TopicPartition
+
+    from streams.sequencer import to_fuse
+
+    tp = [TopicPartition("p-ledger", i) for i in range(4)]
+    assigned = set(tp)
+    positions = {tp[0]: 120, tp[1]: 99, tp[2]: 500}
+    ends = {0: 120, 1: 100, 3: 0}  # partition 2: not written by this sequencer yet
+    assert sorted(to_fuse(assigned, set(), positions, ends)) == [tp[0], tp[3]]
+    assert to_fuse(assigned, {tp[0]}, positions, ends) == [tp[3]]
+    assert to_fuse(assigned - {tp[3]}, {tp[0]}, positions, ends) == []  # not this worker's
+    positions[tp[1]] = 100  # the processor committed the last record written
+    assert sorted(to_fuse(assigned, set(), positions, ends)) == [tp[0], tp[1], tp[3]]
