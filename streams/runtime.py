@@ -29,12 +29,18 @@ now come from one read, so they cannot disagree. The group's offsets are still c
 outside the transactions and at most once a second, for lag monitoring only; nothing reads
 them back.
 
-Scale-out: stages are consumer groups (``<prefix>sequencer``, ``<prefix>processor``); the
-transactional id is ``<prefix><stage>-<worker_id>`` so a restarted worker fences its dead
-predecessor at once (its open transaction is aborted before the new one starts), and when
-another worker takes over a dead peer's partitions, the peer's open transaction is aborted
-by the broker after ``transaction_timeout_ms``; until then read_committed readers of those
-partitions wait, and the new owner has restored only what was committed.
+Scale-out: stages are consumer groups (``<prefix>sequencer``, ``<prefix>processor``).
+Fencing: the sequencer (one active at a time) has one transactional id for every worker,
+``<prefix>sequencer``, and starts its producer only when it gets the inputs, so taking
+over fences the previous sequencer wherever it runs, dead or a zombie, and aborts its open
+transaction before the state is restored (:meth:`streams.sequencer.Sequencer.take_over`).
+A processor's id is ``<prefix>processor-<worker_id>``: a restarted worker fences its dead
+predecessor at once, and when another worker takes over a dead peer's partitions, the
+peer's open transaction is aborted by the broker after ``transaction_timeout_ms``; until then
+read_committed readers of those partitions wait, and the new owner has restored only what
+was committed. A processor that is a zombie (paused past its session timeout, then awake
+before its transaction times out) is not fenced: with one worker, or the default fused
+worker, the partitions it would write are the sequencer's.
 """
 
 from __future__ import annotations
@@ -455,8 +461,13 @@ class TxnStage:
         self.positions.update(out)
         return out
 
-    async def run(self) -> None:
+    async def start_producer(self) -> None:
+        """At the start of :meth:`run`; a stage whose producer must only exist while it owns
+        its inputs starts it on assignment instead."""
         await self.producer.start()
+
+    async def run(self) -> None:
+        await self.start_producer()
         self.consumer.subscribe(self.topics, listener=Listener(self))
         await self.consumer.start()
         log.info(f"{self.name}.started", group=self.cfg.group_id,

@@ -17,9 +17,13 @@ scale out). From then on the ledger fixes the order for every replay.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import signal
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -42,12 +46,14 @@ from streams.processor import Processor
 from streams.publish import SEQ_HEADER, order_of
 from streams.runtime import (
     Outbox,
+    Sent,
     SingletonAssignor,
     StageConfig,
     TxnStage,
     decode_position,
     encode_position,
     log,
+    make_producer,
     percentiles,
     position_key,
     read_changelog,
@@ -73,6 +79,9 @@ class Sequencer(TxnStage):
         # how long released records sat in the merge (s): the cost of the merge wait
         self.held_times: deque[float] = deque(maxlen=100_000)
         self.processor: Processor | None = None  # see attach()
+        self.active = False  # holds the inputs, with a started producer (take_over)
+        self.took_over = 0
+        self.pause_in_transaction = int(os.environ.get("YIBAO_FAULT_PAUSE_IN_TRANSACTION", 0))
         # Per ledger partition this stage has written since it got the inputs, the offset
         # after its last record (from the broker's acknowledgement).
         self.ledger_end: dict[int, int] = {}
@@ -85,9 +94,37 @@ class Sequencer(TxnStage):
             STASH_STORE: topics.changelog("sequencer", "stash"),
         }
 
+    async def start_producer(self) -> None:
+        """Not before the inputs are assigned: see :meth:`take_over`."""
+
+    async def take_over(self) -> None:
+        """Start a producer with the transactional id every worker's sequencer shares (one
+        is active at a time): its initialisation fences the previous sequencer, wherever it
+        runs, and aborts its open transaction, before the state is restored. A worker that
+        lost the inputs without knowing (paused past its session timeout: a zombie) can
+        then commit nothing more, not even the batch it was in the middle of. Kafka Streams'
+        first exactly-once design fences the same way (a transactional id per task)."""
+        if self.took_over:  # a stopped producer cannot start again
+            self.producer = make_producer(self.cfg)
+            self.outbox.producer = self.producer
+        self.took_over += 1
+        await self.producer.start()
+        self.active = True
+
+    async def _pause_as_a_zombie(self, sent: Iterable[Sent]) -> None:
+        """Fault injection for the fencing test (``YIBAO_FAULT_PAUSE_IN_TRANSACTION=n``):
+        stop this process (SIGSTOP) in the n-th transaction, its records on the broker and
+        the commit not sent, as a long GC pause or a frozen VM would."""
+        for s in sent:
+            await s.delivered
+        log.warning("sequencer.fault_pause", transaction=self.batches + 1)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         new = assigned - self.assigned
         self.assigned = set(assigned)
+        if assigned and not self.active:
+            await self.take_over()
         self.merge.assign({TP(tp.topic, tp.partition) for tp in assigned})
         parts = sorted({tp.partition for tp in new} - set(self.core.dedup))
         started = time.monotonic()
@@ -120,6 +157,10 @@ class Sequencer(TxnStage):
             self.positions.pop(tp, None)
         for p in {tp.partition for tp in revoked} - {tp.partition for tp in self.assigned}:
             self.core.revoke(p)
+        if not self.assigned and self.active:
+            self.active = False
+            with contextlib.suppress(Exception):  # fenced already, if a zombie
+                await self.producer.stop()
         if self.processor is not None:
             # another worker's sequencer may write the ledger next: the processor reads it
             async with self.processor.lock:
@@ -282,6 +323,8 @@ class Sequencer(TxnStage):
             for p, n in applied.items():
                 outbox.add(proc.changelog, p, key, encode_position(self.ledger_end[p], n))
         sent = await outbox.flush()
+        if self.batches + 1 == self.pause_in_transaction:
+            await self._pause_as_a_zombie(sent.values())
         await self.commit()
         for (topic, p), s in sent.items():
             if topic == ledger:

@@ -58,7 +58,9 @@ def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
         return StageConfig(
             bootstrap=settings,
             group_id=topics.group(stage),
-            transactional_id=f"{topics.group(stage)}-{opts.worker_id}",
+            # one sequencer is active at a time and they share an id (Sequencer.take_over)
+            transactional_id=topics.group(stage) if stage == "sequencer"
+            else f"{topics.group(stage)}-{opts.worker_id}",
             transaction_timeout_ms=opts.transaction_timeout_ms,
             # The processor long-polls. The sequencer polls every 5 ms: aiokafka keeps one
             # fetch in flight per broker, and a partition left out of a long-polling fetch

@@ -8,6 +8,7 @@ or transactional ids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import heapq
 import json
@@ -388,3 +389,56 @@ def test_a_worker_joining_mid_stream_takes_partitions_from_the_fused_one(
     assert '"sequencer.fused"' in x_log and '"processor.revoked"' in x_log
     processed = [int(r["records"]) for log in logs for r in stopped(log, "processor")]
     assert sum(processed) > 0, "no partition went back to reading the ledger"
+
+
+
+def _stopped(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether ``proc`` is stopped by a signal (state T in /proc)."""
+    stat = Path(f"/proc/{proc.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+@pytest.mark.timeout(180)
+def test_a_zombie_sequencer_is_fenced_by_the_one_that_takes_over(
+        kafka_bootstrap: str, unique_prefix: str, tmp_path: Path) -> None:
+    """Worker x's sequencer freezes in the middle of a transaction (records on the broker,
+    commit not sent: ``YIBAO_FAULT_PAUSE_IN_TRANSACTION``) for longer than its session
+    timeout; worker y takes the inputs over and settles everything. x then wakes up as a
+    zombie that still believes it owns the inputs and goes on to commit. It must not get
+    through: y's sequencer shares x's transactional id, so taking over fenced x and aborted
+    its transaction (Sequencer.take_over). With a transactional id per worker, x's
+    transaction would still be open when x woke up (the timeout is longer than the pause),
+    its commit would go through, and that batch would be in the ledger and settled twice."""
+    s = settings_for(kafka_bootstrap, unique_prefix)
+    sample = lines_of("sample")
+    expected = settle(sample, tmp_path)
+    asyncio.run(create_all(s))
+    env = {**FAST, "YIBAO_TRANSACTION_TIMEOUT_MS": "60000"}
+    logs = [tmp_path / "worker-x.log", tmp_path / "worker-y.log"]
+    x = spawn(s, worker_id="x", log_file=logs[0],
+              env={**env, "YIBAO_FAULT_PAUSE_IN_TRANSACTION": "40"})
+    _procs.append(x)
+    time.sleep(2)
+
+    async def publish_freeze_take_over() -> None:
+        task = asyncio.create_task(publish_lines(s, sample, rate=2500))
+        deadline = time.monotonic() + 30
+        while not _stopped(x):
+            assert time.monotonic() < deadline, "x never reached the fault"
+            await asyncio.sleep(0.1)
+        _procs.append(spawn(s, worker_id="y", log_file=logs[1], env=env))
+        await task
+        # x's session times out after 6 s, then y gets the inputs
+        while '"partitions": 16, "restored"' not in logs[1].read_text():
+            assert time.monotonic() < deadline + 30, "y did not take over"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3)  # y sequences what x's open transaction holds, again
+
+    asyncio.run(publish_freeze_take_over())
+    x.send_signal(signal.SIGCONT)  # well before x's transaction would time out (60 s)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        x.wait(10)  # the zombie's commit: refused (unfenced, it would go through)
+    live = wait_for(s, len(expected), [_procs[-1]], logs, timeout=30)
+    assert_same_outputs(live, expected)
+    assert x.poll() is not None and x.returncode != 0, "the zombie kept running"
+    assert "ProducerFenced" in logs[0].read_text()
