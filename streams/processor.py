@@ -27,11 +27,13 @@ from rules.engine import Engine
 from schemas.codec import Codec
 from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore, is_replay
 from streams.runtime import (
+    OWNER_KEY,
     Outbox,
     Position,
     StageConfig,
     TxnStage,
     decode_position,
+    fence,
     iter_changelog,
     log,
     read_changelog,
@@ -62,22 +64,24 @@ class Processor(TxnStage):
         self.progressed = asyncio.Event()  # set by every commit, for :meth:`wait_for`
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Restore the new partitions, fencing first whoever did not hand them over.
+
+        Each partition's changelog names its owner (:data:`OWNER_KEY`): the owner's
+        transactional id, written in a transaction of its own when it got the partition, and
+        blanked when it hands it over in a rebalance. A name still there belongs to a worker
+        that died or froze (a zombie past its session timeout, which may wake up and commit
+        the transaction it was in the middle of): its id is fenced, which aborts that
+        transaction, and the state is read again, before anything is processed.
+        """
         new = assigned - self.assigned
         self.assigned = set(assigned)
         started = time.monotonic()
         parts = sorted(tp.partition for tp in new)
-        for p in parts:
-            self.core.revoke(p)
-            self.core.assign(p)
-        restored = 0
-        stored: dict[TopicPartition, Position] = {}
-        for p, key, value in await read_changelog(self.cfg.bootstrap, self.changelog, parts):
-            pos = decode_position(key, value)
-            if pos is not None:
-                stored[TopicPartition(pos.topic, p)] = pos
-                continue
-            self.core.restore(p, key, value)
-            restored += 1
+        stored, owners, restored = await self.restore(parts)
+        stale = {o for o in owners.values() if o and o != self.cfg.transactional_id}
+        if stale:
+            await fence(self.cfg, stale)
+            stored, owners, restored = await self.restore(parts)
         async for chunk in iter_changelog(self.cfg.bootstrap, self.visits_changelog, parts):
             for p in {c[0] for c in chunk}:
                 self.core.restore_visits(p, ((k, v) for q, k, v in chunk if q == p))
@@ -85,9 +89,41 @@ class Processor(TxnStage):
         positions = await resolve_skips(self.cfg.bootstrap, stored)
         resumed = await self.seek_to_positions(new, positions)
         self.consumer.resume(*new)
+        await self.set_owner(new, self.cfg.transactional_id)
         log.info("processor.assigned", partitions=len(assigned), restored=restored,
                  positions_restored=len(positions), resumed=len(resumed),
-                 seconds=round(time.monotonic() - started, 3))
+                 fenced=sorted(stale), seconds=round(time.monotonic() - started, 3))
+
+    async def restore(self, parts: list[int]
+                      ) -> tuple[dict[TopicPartition, Position], dict[int, str], int]:
+        """Households, positions and owners of ``parts`` from the households changelog."""
+        for p in parts:
+            self.core.revoke(p)
+            self.core.assign(p)
+        restored = 0
+        stored: dict[TopicPartition, Position] = {}
+        owners: dict[int, str] = {}
+        for p, key, value in await read_changelog(self.cfg.bootstrap, self.changelog, parts):
+            pos = decode_position(key, value)
+            if pos is not None:
+                stored[TopicPartition(pos.topic, p)] = pos
+            elif key == OWNER_KEY:
+                owners[p] = (value or b"").decode()
+            else:
+                self.core.restore(p, key, value)
+                restored += 1
+        return stored, owners, restored
+
+    async def set_owner(self, tps: set[TopicPartition], owner: str) -> None:
+        """Write the owner records of ``tps`` in a transaction of their own (committed
+        before any batch of theirs, so a later owner always finds the name)."""
+        if not tps:
+            return
+        await self.producer.begin_transaction()
+        for tp in tps:
+            self.outbox.add(self.changelog, tp.partition, OWNER_KEY, owner.encode())
+        await self.outbox.flush()
+        await self.producer.commit_transaction()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self.assigned -= revoked
@@ -95,6 +131,10 @@ class Processor(TxnStage):
             self.core.revoke(tp.partition)
             self.positions.pop(tp, None)
         self.fused -= revoked
+        try:
+            await self.set_owner(revoked, "")  # handed over: the next owner fences nobody
+        except Exception as e:  # fenced already (a zombie): the next owner fenced it
+            log.warning("processor.release_failed", error=repr(e))
         log.info("processor.revoked", partitions=len(revoked))
 
     def close(self) -> None:
@@ -153,6 +193,6 @@ class Processor(TxnStage):
         for store, p, key, value in core.take_changes():
             outbox.add(changelogs[store], p, key, value)
         self.add_positions(outbox, self.changelog, offsets)
-        await outbox.flush()
+        await self.fault_pause(await outbox.flush())
         await self.commit()
         self.progressed.set()

@@ -34,20 +34,22 @@ Fencing: the sequencer (one active at a time) has one transactional id for every
 ``<prefix>sequencer``, and starts its producer only when it gets the inputs, so taking
 over fences the previous sequencer wherever it runs, dead or a zombie, and aborts its open
 transaction before the state is restored (:meth:`streams.sequencer.Sequencer.take_over`).
-A processor's id is ``<prefix>processor-<worker_id>``: a restarted worker fences its dead
-predecessor at once, and when another worker takes over a dead peer's partitions, the
-peer's open transaction is aborted by the broker after ``transaction_timeout_ms``; until then
-read_committed readers of those partitions wait, and the new owner has restored only what
-was committed. A processor that is a zombie (paused past its session timeout, then awake
-before its transaction times out) is not fenced: with one worker, or the default fused
-worker, the partitions it would write are the sequencer's.
+A processor's id is ``<prefix>processor-<worker_id>`` (partitions move between workers); each
+changelog partition names its owner (:data:`OWNER_KEY`), blanked when the owner hands it
+over in a rebalance, so a worker that gets a partition whose owner is still named (dead,
+or a zombie) fences that id, which aborts its open transaction at once, before restoring
+(:meth:`streams.processor.Processor.on_assigned`). A restarted worker fences its own
+predecessor by starting its producer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import os
+import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -170,6 +172,22 @@ def _hash(key: bytes) -> int:
 #: Key prefix of the input-position records in a stage's changelog (then the input topic's
 #: name); the NUL byte keeps them apart from every store key (ids are printable text).
 POSITION_PREFIX = b"\x00position:"
+
+
+#: Key of the owner record in a processor changelog partition: the transactional id of the
+#: worker that owns the partition, or empty once it has handed the partition over cleanly.
+OWNER_KEY = b"\x00owner"
+
+
+async def fence(cfg: StageConfig, transactional_ids: Iterable[str]) -> None:
+    """Fence every id in ``transactional_ids``: initialising a producer with it bumps its
+    epoch, and the broker aborts its open transaction (or finishes one being committed), so
+    a zombie holding it can commit nothing more."""
+    for tid in sorted(transactional_ids):
+        producer = make_producer(dataclasses.replace(cfg, transactional_id=tid))
+        await producer.start()
+        await producer.stop()
+        log.warning("fenced", transactional_id=tid)
 
 
 def position_key(topic: str) -> bytes:
@@ -386,6 +404,8 @@ class TxnStage:
         self.positions: dict[TopicPartition, int] = {}
         self._group_committed_at = 0.0
         self._group_commit: asyncio.Future[None] | None = None
+        stage, _, n = os.environ.get("YIBAO_FAULT_PAUSE_IN_TRANSACTION", "").partition(":")
+        self._fault_at = int(n) if stage == self.name and n else 0  # see fault_pause()
         # durations (s) of the last steps that did something, for the p50/p99 in the stop log
         self.step_times: deque[float] = deque(maxlen=20_000)
 
@@ -401,6 +421,18 @@ class TxnStage:
 
     def poll_timeout_ms(self) -> int:
         return self.cfg.poll_ms
+
+    async def fault_pause(self, sent: Mapping[tuple[str, int], Sent]) -> None:
+        """Fault injection for the fencing tests, ``YIBAO_FAULT_PAUSE_IN_TRANSACTION=
+        <stage>:<n>``: stop this process (SIGSTOP) in the stage's n-th transaction, its
+        records on the broker and the commit not sent, as a long GC pause or a frozen VM
+        would. Costs one comparison per transaction otherwise."""
+        if self.batches + 1 != self._fault_at:
+            return
+        for s in sent.values():
+            await s.delivered
+        log.warning(f"{self.name}.fault_pause", transaction=self.batches + 1)
+        os.kill(os.getpid(), signal.SIGSTOP)
 
     def add_positions(self, outbox: Outbox, topic: str,
                       offsets: Mapping[TopicPartition, int]) -> None:

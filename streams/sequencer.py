@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
-import signal
 import time
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -46,7 +43,6 @@ from streams.processor import Processor
 from streams.publish import SEQ_HEADER, order_of
 from streams.runtime import (
     Outbox,
-    Sent,
     SingletonAssignor,
     StageConfig,
     TxnStage,
@@ -81,7 +77,6 @@ class Sequencer(TxnStage):
         self.processor: Processor | None = None  # see attach()
         self.active = False  # holds the inputs, with a started producer (take_over)
         self.took_over = 0
-        self.pause_in_transaction = int(os.environ.get("YIBAO_FAULT_PAUSE_IN_TRANSACTION", 0))
         # Per ledger partition this stage has written since it got the inputs, the offset
         # after its last record (from the broker's acknowledgement).
         self.ledger_end: dict[int, int] = {}
@@ -110,15 +105,6 @@ class Sequencer(TxnStage):
         self.took_over += 1
         await self.producer.start()
         self.active = True
-
-    async def _pause_as_a_zombie(self, sent: Iterable[Sent]) -> None:
-        """Fault injection for the fencing test (``YIBAO_FAULT_PAUSE_IN_TRANSACTION=n``):
-        stop this process (SIGSTOP) in the n-th transaction, its records on the broker and
-        the commit not sent, as a long GC pause or a frozen VM would."""
-        for s in sent:
-            await s.delivered
-        log.warning("sequencer.fault_pause", transaction=self.batches + 1)
-        os.kill(os.getpid(), signal.SIGSTOP)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         new = assigned - self.assigned
@@ -323,8 +309,7 @@ class Sequencer(TxnStage):
             for p, n in applied.items():
                 outbox.add(proc.changelog, p, key, encode_position(self.ledger_end[p], n))
         sent = await outbox.flush()
-        if self.batches + 1 == self.pause_in_transaction:
-            await self._pause_as_a_zombie(sent.values())
+        await self.fault_pause(sent)
         await self.commit()
         for (topic, p), s in sent.items():
             if topic == ledger:

@@ -399,24 +399,29 @@ def _stopped(proc: subprocess.Popen[bytes]) -> bool:
 
 
 @pytest.mark.timeout(180)
-def test_a_zombie_sequencer_is_fenced_by_the_one_that_takes_over(
-        kafka_bootstrap: str, unique_prefix: str, tmp_path: Path) -> None:
-    """Worker x's sequencer freezes in the middle of a transaction (records on the broker,
-    commit not sent: ``YIBAO_FAULT_PAUSE_IN_TRANSACTION``) for longer than its session
-    timeout; worker y takes the inputs over and settles everything. x then wakes up as a
-    zombie that still believes it owns the inputs and goes on to commit. It must not get
-    through: y's sequencer shares x's transactional id, so taking over fenced x and aborted
-    its transaction (Sequencer.take_over). With a transactional id per worker, x's
+@pytest.mark.parametrize("stage", ["sequencer", "processor"])
+def test_a_zombie_is_fenced_by_the_worker_that_takes_over(
+        kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, stage: str) -> None:
+    """Worker x freezes in the middle of one of its ``stage``'s transactions (records on
+    the broker, commit not sent: ``YIBAO_FAULT_PAUSE_IN_TRANSACTION``) for longer than its
+    session timeout; worker y takes everything over and settles it. x then wakes up as a
+    zombie that still believes it owns its partitions and goes on to commit. It must not
+    get through: y's sequencer shares x's transactional id (Sequencer.take_over), and y's
+    processor finds x's name in the changelog of the partitions x never handed over and
+    fences it (Processor.on_assigned); either aborts x's transaction. Unfenced, x's
     transaction would still be open when x woke up (the timeout is longer than the pause),
-    its commit would go through, and that batch would be in the ledger and settled twice."""
+    its commit would go through, and that batch would be settled twice (with an id per
+    worker for the sequencer, 2,714 outputs twice)."""
     s = settings_for(kafka_bootstrap, unique_prefix)
     sample = lines_of("sample")
     expected = settle(sample, tmp_path)
     asyncio.run(create_all(s))
-    env = {**FAST, "YIBAO_TRANSACTION_TIMEOUT_MS": "60000"}
+    # the processor's own transactions only run unfused
+    env = {**FAST, "YIBAO_TRANSACTION_TIMEOUT_MS": "60000",
+           "YIBAO_FUSE": "1" if stage == "sequencer" else "0"}
     logs = [tmp_path / "worker-x.log", tmp_path / "worker-y.log"]
     x = spawn(s, worker_id="x", log_file=logs[0],
-              env={**env, "YIBAO_FAULT_PAUSE_IN_TRANSACTION": "40"})
+              env={**env, "YIBAO_FAULT_PAUSE_IN_TRANSACTION": f"{stage}:40"})
     _procs.append(x)
     time.sleep(2)
 
