@@ -140,6 +140,16 @@ class Processor(TxnStage):
     def close(self) -> None:
         self.core.close()
 
+    async def before_leaving(self) -> None:
+        """Stopping: blank the owner records (the next owners fence nobody) and drop the
+        partitions, so the local sequencer fuses none of them any more."""
+        leaving, self.assigned = self.assigned, set()
+        self.fused.clear()
+        try:
+            await self.set_owner(leaving, "")
+        except Exception as e:  # fenced: the next owner fences this id again, harmlessly
+            log.warning("processor.release_failed", error=repr(e))
+
     def fuse(self, tp: TopicPartition) -> None:
         """Hand ``tp`` to the local sequencer, which must hold ``self.lock`` and know that
         every ledger record of ``tp`` below :attr:`positions` is all there is."""

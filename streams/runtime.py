@@ -378,11 +378,13 @@ class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.stage.lock:
-            await self.stage.on_revoked(set(revoked))
+            if not self.stage.leaving:
+                await self.stage.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.stage.lock:
-            await self.stage.on_assigned(set(assigned))
+            if not self.stage.leaving:
+                await self.stage.on_assigned(set(assigned))
 
 
 class TxnStage:
@@ -397,6 +399,7 @@ class TxnStage:
         self.producer = make_producer(cfg)
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
+        self.leaving = False  # stopped: partitions handed over, rebalance hooks ignored
         self.batches = 0
         self.records = 0
         self.timing: dict[str, float] = {"poll": 0.0, "step": 0.0, "commit": 0.0}
@@ -524,6 +527,14 @@ class TxnStage:
             if self._group_commit is not None:
                 with contextlib.suppress(Exception):
                     await self._group_commit
+            # Leaving the group hands the partitions over without the revoke hook: hand them
+            # over first, under the lock (no transaction on them in flight, a fused one holds
+            # it too), and ignore the rebalance hooks from then on (the consumer's stop waits
+            # for a rebalance in progress, whose hooks would wait for the lock, or restore).
+            async with self.lock:
+                self.leaving = True
+                with contextlib.suppress(Exception):
+                    await self.before_leaving()
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
             with contextlib.suppress(Exception):
@@ -535,6 +546,9 @@ class TxnStage:
 
     def extra_stats(self) -> dict[str, Any]:
         return {}
+
+    async def before_leaving(self) -> None:
+        """Hand the partitions over before the consumer leaves its group (lock held)."""
 
     def close(self) -> None:
         """Release local resources (state stores) once the loop has stopped."""
