@@ -38,9 +38,15 @@ from streams.runtime import (
     log,
     read_changelog,
     resolve_skips,
+    wait_decided,
 )
 from streams.stores import KVStore, memory_stores
 from streams.topics import Topics
+
+#: How long a new owner waits for an owner record's transaction to be decided before it
+#: fences the owner it names (a clean hand-over's markers take 1-3 ms; this only delays the
+#: takeover from a dead owner that left a transaction open).
+OWNER_SETTLE_S = 1.0
 
 
 class Processor(TxnStage):
@@ -77,11 +83,7 @@ class Processor(TxnStage):
         self.assigned = set(assigned)
         started = time.monotonic()
         parts = sorted(tp.partition for tp in new)
-        stored, owners, restored = await self.restore(parts)
-        stale = {o for o in owners.values() if o and o != self.cfg.transactional_id}
-        if stale:
-            await fence(self.cfg, stale)
-            stored, owners, restored = await self.restore(parts)
+        stored, restored, stale = await self.restore_fencing_stale(parts)
         async for chunk in iter_changelog(self.cfg.bootstrap, self.visits_changelog, parts):
             for p in {c[0] for c in chunk}:
                 self.core.restore_visits(p, ((k, v) for q, k, v in chunk if q == p))
@@ -93,6 +95,31 @@ class Processor(TxnStage):
         log.info("processor.assigned", partitions=len(assigned), restored=restored,
                  positions_restored=len(positions), resumed=len(resumed),
                  fenced=sorted(stale), seconds=round(time.monotonic() - started, 3))
+
+    async def restore_fencing_stale(self, parts: list[int]
+                                    ) -> tuple[dict[TopicPartition, Position], int, set[str]]:
+        """Restore ``parts``; fence the owners still named there that are not this worker
+        (returned), then restore again.
+
+        A name may still be there only because its hand-over is committed but its markers
+        are not written yet (see :func:`streams.runtime.wait_decided`): before fencing, wait
+        until every record written so far is decided, and read the names again. Only a dead
+        or frozen owner's open transaction keeps them undecided past ``OWNER_SETTLE_S``."""
+        stored, owners, restored = await self.restore(parts)
+        stale = self.stale_owners(owners)
+        if stale:
+            pending = sorted(p for p, o in owners.items() if o in stale)
+            if await wait_decided(self.cfg.bootstrap, self.changelog, pending,
+                                  timeout=OWNER_SETTLE_S):
+                stored, owners, restored = await self.restore(parts)
+                stale = self.stale_owners(owners)
+        if stale:
+            await fence(self.cfg, stale)
+            stored, owners, restored = await self.restore(parts)
+        return stored, restored, stale
+
+    def stale_owners(self, owners: dict[int, str]) -> set[str]:
+        return {o for o in owners.values() if o and o != self.cfg.transactional_id}
 
     async def restore(self, parts: list[int]
                       ) -> tuple[dict[TopicPartition, Position], dict[int, str], int]:

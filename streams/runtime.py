@@ -179,6 +179,28 @@ POSITION_PREFIX = b"\x00position:"
 OWNER_KEY = b"\x00owner"
 
 
+_closing: set[asyncio.Future[None]] = set()
+
+
+def stop_later(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop a short-lived client (a restore read, a fence) without waiting for it.
+
+    Why: over TLS, closing a connection waits for the broker's close_notify, and now and
+    then none comes; the event loop then gives up only after its SSL shutdown timeout,
+    30 s. Seen with SASL_SSL: a restore inside a rebalance took 30-60 s, past the session
+    timeout, and the group threw the worker out. Whatever such a client was for is done
+    when this is called (its records read, its epoch bumped), so nothing waits for it."""
+    async def stop() -> None:
+        try:
+            await client.stop()
+        except Exception as e:  # nothing depends on it any more
+            log.debug("stop_later.failed", error=repr(e))
+
+    task = asyncio.ensure_future(stop())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
 async def fence(cfg: StageConfig, transactional_ids: Iterable[str]) -> None:
     """Fence every id in ``transactional_ids``: initialising a producer with it bumps its
     epoch, and the broker aborts its open transaction (or finishes one being committed), so
@@ -186,8 +208,45 @@ async def fence(cfg: StageConfig, transactional_ids: Iterable[str]) -> None:
     for tid in sorted(transactional_ids):
         producer = make_producer(dataclasses.replace(cfg, transactional_id=tid))
         await producer.start()
-        await producer.stop()
+        stop_later(producer)
         log.warning("fenced", transactional_id=tid)
+
+
+async def wait_decided(bootstrap: KafkaTarget, topic: str, partitions: Iterable[int], *,
+                       timeout: float) -> bool:
+    """Wait until every record already written to ``partitions`` of ``topic`` is decided
+    (committed or aborted: the last stable offset has reached the high watermark of now);
+    whether that happened within ``timeout``.
+
+    Why: a transaction's EndTxn is answered once the coordinator has logged PrepareCommit;
+    its markers reach the partitions 1-3 ms later. Until then a read_committed reader does
+    not see what it wrote. A processor that hands a partition over blanks its owner record in
+    such a transaction, and the next owner reads it right after the rebalance: without this
+    wait it could see the old name and fence a live worker. A dead owner's open transaction
+    never settles by itself (until it is fenced or times out): ``False`` after ``timeout``."""
+    tps = [TopicPartition(topic, p) for p in partitions]
+    if not tps:
+        return True
+    opts = {**client_options(bootstrap), "group_id": None, "enable_auto_commit": False}
+    written = AIOKafkaConsumer(**opts, isolation_level="read_uncommitted")
+    stable = AIOKafkaConsumer(**opts, isolation_level="read_committed")
+    await written.start()
+    try:
+        await stable.start()
+        try:
+            high = await written.end_offsets(tps)
+            deadline = time.monotonic() + timeout
+            while True:
+                lso = await stable.end_offsets(tps)
+                if all(lso[tp] >= high[tp] for tp in tps):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.005)
+        finally:
+            stop_later(stable)
+    finally:
+        stop_later(written)
 
 
 def position_key(topic: str) -> bytes:
@@ -257,7 +316,7 @@ async def resolve_skips(bootstrap: KafkaTarget, positions: Mapping[TopicPartitio
                 else:
                     left[tp] = n - len(records)
     finally:
-        await consumer.stop()
+        stop_later(consumer)
     return out
 
 
@@ -366,7 +425,7 @@ async def iter_changelog(
                 if await consumer.position(tp) >= end[tp]:
                     todo.discard(tp)
     finally:
-        await consumer.stop()
+        stop_later(consumer)
 
 
 class Listener(ConsumerRebalanceListener):  # type: ignore[misc]

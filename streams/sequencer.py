@@ -17,7 +17,6 @@ scale out). From then on the ledger fixes the order for every replay.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 from collections import deque
@@ -53,6 +52,7 @@ from streams.runtime import (
     percentiles,
     position_key,
     read_changelog,
+    stop_later,
 )
 from streams.topics import Topics
 from yibao.settings import Settings
@@ -145,8 +145,7 @@ class Sequencer(TxnStage):
             self.core.revoke(p)
         if not self.assigned and self.active:
             self.active = False
-            with contextlib.suppress(Exception):  # fenced already, if a zombie
-                await self.producer.stop()
+            stop_later(self.producer)  # fenced already, if a zombie; a new one takes over
         if self.processor is not None:
             # another worker's sequencer may write the ledger next: the processor reads it
             async with self.processor.lock:

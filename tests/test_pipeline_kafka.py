@@ -447,3 +447,64 @@ def test_a_zombie_is_fenced_by_the_worker_that_takes_over(
     assert_same_outputs(live, expected)
     assert x.poll() is not None and x.returncode != 0, "the zombie kept running"
     assert "ProducerFenced" in logs[0].read_text()
+
+
+@pytest.mark.timeout(60)
+def test_a_hand_over_still_being_committed_does_not_fence_the_live_owner(
+        kafka_bootstrap: str, unique_prefix: str) -> None:
+    """The new owner of a processor partition reads the owner record right after the
+    rebalance, while the old owner's hand-over (the blanked record) may be committed but not
+    yet readable (its markers follow EndTxn by a few ms). It must wait for that, not fence a
+    live worker. A dead owner's open transaction never settles: that one is fenced."""
+    from aiokafka.errors import ProducerFenced
+
+    from rules.engine import Engine
+    from rules.policy import load_policy
+    from streams.processor import Processor
+    from streams.runtime import OWNER_KEY, StageConfig, make_producer
+    from streams.topics import Topics
+
+    s = settings_for(kafka_bootstrap, unique_prefix, partitions=2)
+    topics = Topics.of(s)
+    changelog = topics.changelog("processor", "households")
+
+    def cfg(worker: str) -> StageConfig:
+        return StageConfig(bootstrap=s, group_id=topics.group("processor"),
+                           transactional_id=f"{topics.group('processor')}-{worker}")
+
+    async def owner_record(producer: Any, partition: int, name: str, commit: bool) -> None:
+        await producer.begin_transaction()
+        await producer.send_and_wait(changelog, name.encode(), key=OWNER_KEY,
+                                     partition=partition)
+        if commit:
+            await producer.commit_transaction()
+
+    async def scenario() -> None:
+        await create_all(s)
+        old, dead = make_producer(cfg("old")), make_producer(cfg("dead"))
+        new = Processor(cfg("new"), topics, Engine(load_policy(None)))
+        for p in (old, dead, new.producer):
+            await p.start()
+        try:
+            # partition 0: old owns it, and hands it over in a transaction not yet decided
+            await owner_record(old, 0, cfg("old").transactional_id, commit=True)
+            await owner_record(old, 0, "", commit=False)
+            restoring = asyncio.create_task(new.restore_fencing_stale([0]))
+            await asyncio.sleep(0.15)
+            await old.commit_transaction()  # fenced by then, this would raise
+            _, _, fenced = await restoring
+            assert fenced == set()
+            # partition 1: dead owns it and died in the middle of a transaction
+            await owner_record(dead, 1, cfg("dead").transactional_id, commit=True)
+            await owner_record(dead, 1, "", commit=False)
+            _, _, fenced = await new.restore_fencing_stale([1])
+            assert fenced == {cfg("dead").transactional_id}
+            with pytest.raises(ProducerFenced):
+                await dead.commit_transaction()
+        finally:
+            for p in (old, dead, new.producer):
+                with contextlib.suppress(Exception):
+                    await p.stop()
+            new.close()
+
+    asyncio.run(scenario())
