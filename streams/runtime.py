@@ -54,7 +54,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.cluster import ClusterMetadata
@@ -180,6 +180,7 @@ OWNER_KEY = b"\x00owner"
 
 
 _closing: set[asyncio.Future[None]] = set()
+_Client = TypeVar("_Client", AIOKafkaConsumer, AIOKafkaProducer)
 
 
 def stop_later(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
@@ -201,14 +202,23 @@ def stop_later(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
     task.add_done_callback(_closing.discard)
 
 
+@contextlib.asynccontextmanager
+async def short_lived(client: _Client) -> AsyncIterator[_Client]:
+    """Start ``client`` for one read or one fence; :func:`stop_later` it afterwards."""
+    await client.start()
+    try:
+        yield client
+    finally:
+        stop_later(client)
+
+
 async def fence(cfg: StageConfig, transactional_ids: Iterable[str]) -> None:
     """Fence every id in ``transactional_ids``: initialising a producer with it bumps its
     epoch, and the broker aborts its open transaction (or finishes one being committed), so
     a zombie holding it can commit nothing more."""
     for tid in sorted(transactional_ids):
-        producer = make_producer(dataclasses.replace(cfg, transactional_id=tid))
-        await producer.start()
-        stop_later(producer)
+        async with short_lived(make_producer(dataclasses.replace(cfg, transactional_id=tid))):
+            pass  # starting it is the fence
         log.warning("fenced", transactional_id=tid)
 
 
@@ -228,25 +238,17 @@ async def wait_decided(bootstrap: KafkaTarget, topic: str, partitions: Iterable[
     if not tps:
         return True
     opts = {**client_options(bootstrap), "group_id": None, "enable_auto_commit": False}
-    written = AIOKafkaConsumer(**opts, isolation_level="read_uncommitted")
-    stable = AIOKafkaConsumer(**opts, isolation_level="read_committed")
-    await written.start()
-    try:
-        await stable.start()
-        try:
-            high = await written.end_offsets(tps)
-            deadline = time.monotonic() + timeout
-            while True:
-                lso = await stable.end_offsets(tps)
-                if all(lso[tp] >= high[tp] for tp in tps):
-                    return True
-                if time.monotonic() >= deadline:
-                    return False
-                await asyncio.sleep(0.005)
-        finally:
-            stop_later(stable)
-    finally:
-        stop_later(written)
+    async with short_lived(AIOKafkaConsumer(**opts, isolation_level="read_uncommitted")) as written:
+        high = await written.end_offsets(tps)
+    deadline = time.monotonic() + timeout
+    async with short_lived(AIOKafkaConsumer(**opts, isolation_level="read_committed")) as stable:
+        while True:
+            lso = await stable.end_offsets(tps)
+            if all(lso[tp] >= high[tp] for tp in tps):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
 
 
 def position_key(topic: str) -> bytes:
@@ -287,12 +289,10 @@ async def resolve_skips(bootstrap: KafkaTarget, positions: Mapping[TopicPartitio
     todo = {tp: pos for tp, pos in positions.items() if pos.skip}
     if not todo:
         return out
-    consumer = AIOKafkaConsumer(
+    async with short_lived(AIOKafkaConsumer(
         **client_options(bootstrap), group_id=None, enable_auto_commit=False,
         isolation_level="read_committed", fetch_max_wait_ms=50,
-    )
-    await consumer.start()
-    try:
+    )) as consumer:
         consumer.assign(list(todo))
         left = {}
         for tp, pos in todo.items():
@@ -315,8 +315,6 @@ async def resolve_skips(bootstrap: KafkaTarget, positions: Mapping[TopicPartitio
                     consumer.pause(tp)
                 else:
                     left[tp] = n - len(records)
-    finally:
-        stop_later(consumer)
     return out
 
 
@@ -397,7 +395,7 @@ async def iter_changelog(
     tps = [TopicPartition(topic, p) for p in partitions]
     if not tps:
         return
-    consumer = AIOKafkaConsumer(
+    async with short_lived(AIOKafkaConsumer(
         **client_options(bootstrap),
         group_id=None,
         enable_auto_commit=False,
@@ -405,9 +403,7 @@ async def iter_changelog(
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
         max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    await consumer.start()
-    try:
+    )) as consumer:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
@@ -424,8 +420,6 @@ async def iter_changelog(
             for tp in list(todo):
                 if await consumer.position(tp) >= end[tp]:
                     todo.discard(tp)
-    finally:
-        stop_later(consumer)
 
 
 class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
