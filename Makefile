@@ -42,28 +42,30 @@ lock: | $(BIN)/python ## re-pin requirements.lock from pyproject.toml (runtime +
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --universal --python-version 3.11 -o requirements.lock
 
 kafka-up: ## start the local broker on 127.0.0.1:9092 (YIBAO_KAFKA_PORT); no-op if it runs
-	$(BIN)/python -m yibao.broker up
+	$(BIN)/python -m yibao kafka up
 
 kafka-down: ## stop it and wait until the port is free
-	$(BIN)/python -m yibao.broker down
+	$(BIN)/python -m yibao kafka down
 
 kafka-status: ## ask it for metadata; fails unless it answers
-	$(BIN)/python -m yibao.broker status
+	$(BIN)/python -m yibao kafka status
 
 test: ## ruff + mypy, then the whole test suite (Kafka tests start/stop a broker themselves)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: ## ruff check + mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench-settle: ## settle a generated log of >= 1M events: events/s and peak RSS (prints figures)
 	$(BIN)/python bench/bench_settle.py
 
 bench-live: ## live pipeline on the local broker: end-to-end events/s, raw ceiling, p50/p99 latency
-	$(BIN)/python -m yibao.broker up
+	$(BIN)/python -m yibao kafka up
 	$(BIN)/python bench/bench_live.py
 
 demo: ## broker, worker and projector up; a generated month (10,000 households) published; reports + chart
@@ -89,4 +91,4 @@ clean: kafka-down-quiet ## remove .venv and var/ (broker data, jars), caches
 
 .PHONY: kafka-down-quiet
 kafka-down-quiet:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m yibao.broker down || true; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m yibao kafka down || true; fi

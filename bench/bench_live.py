@@ -33,17 +33,17 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from rules.engine import Engine
-from rules.fold import Fold
-from rules.policy import load_policy
-from streams.publish import publish_lines
-from streams.topics import Topics, create_all
-from streams.worker import spawn, terminate
-from yibao.broker import BrokerConfig, LocalBroker
-from yibao.kafka_io import create_topics
-from yibao.kafka_security import client_options
+from yibao.dev.broker import BrokerConfig, LocalBroker
+from yibao.dev.testing import delete_topics_with_prefixes
+from yibao.rules.engine import Engine
+from yibao.rules.fold import Fold
+from yibao.rules.policy import load_policy
 from yibao.settings import Settings
-from yibao.testing import delete_topics_with_prefixes
+from yibao.streams.kafka.io import create_topics
+from yibao.streams.kafka.options import client_options
+from yibao.streams.publish import publish_lines
+from yibao.streams.topics import Topics, create_all
+from yibao.streams.worker import spawn, terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "spec" / "examples" / "sample-events.jsonl"

@@ -2,7 +2,7 @@
 the raw consume rate of the same topics (ledger, settlements, deadletter) in the same run.
 
 The topics are filled once per log size (generated log → the pipeline's outputs via
-projections.simulate, under the prefix ``bench-replay-h<households>-``) and reused by later
+yibao.projections.simulate, under the prefix ``bench-replay-h<households>-``) and reused by later
 runs. Raw rate: the best of two plain getmany drains (before and after the replay), from
 after partition assignment. Replay rate: everything, from consumer start to the last
 commit of the DuckDB file. Prints figures; asserts nothing. The last line reads
@@ -23,11 +23,11 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from projections.runner import RunOptions, raw_consume, run
-from projections.simulate import simulate
-from projections.store import Store
-from projections.transform import Transform
-from yibao.generate import GenerateConfig, generate_to_path
+from yibao.dev.generate import GenerateConfig, generate_to_path
+from yibao.projections.runner import RunOptions, raw_consume, run
+from yibao.projections.simulate import simulate
+from yibao.projections.store import Store
+from yibao.projections.transform import Transform
 from yibao.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

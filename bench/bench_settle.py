@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-YIBAO = [sys.executable, "-m", "yibao.cli"]
+YIBAO = [sys.executable, "-m", "yibao"]
 
 
 def generate(households: int, start: str, end: str, seed: int) -> Path:

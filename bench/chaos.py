@@ -40,18 +40,18 @@ from typing import Any
 import duckdb
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from projections.store import snapshot_path
-from rules.engine import Engine
-from rules.fold import Fold
-from rules.policy import load_policy
-from schemas.codec import Codec
-from streams.publish import publish_lines, read_topic
-from streams.topics import Topics, create_all
-from streams.worker import spawn, terminate
-from yibao.broker import BrokerConfig, LocalBroker
-from yibao.generate import GenerateConfig, generate_to_path
+from yibao.dev.broker import BrokerConfig, LocalBroker
+from yibao.dev.generate import GenerateConfig, generate_to_path
+from yibao.dev.testing import compare_outputs
+from yibao.projections.store import snapshot_path
+from yibao.rules.engine import Engine
+from yibao.rules.fold import Fold
+from yibao.rules.policy import load_policy
+from yibao.schemas.codec import Codec
 from yibao.settings import Settings
-from yibao.testing import compare_outputs
+from yibao.streams.publish import publish_lines, read_topic
+from yibao.streams.topics import Topics, create_all
+from yibao.streams.worker import spawn, terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 LEDGER_TABLES = ("registrations", "enrollment_events", "visit_events", "payment_events")
@@ -150,7 +150,7 @@ class Campaign:
     def start_projector(self) -> None:
         with self.plog.open("ab") as out:
             self.projector = subprocess.Popen(
-                [sys.executable, "-m", "yibao.cli", "project", "--db", str(self.db),
+                [sys.executable, "-m", "yibao", "project", "--db", str(self.db),
                  "--snapshot-every", "0.5", "--max-wait-ms", "100"],
                 env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -167,7 +167,7 @@ class Campaign:
         proc.wait()
 
     def kafka(self, cmd: str) -> None:
-        done = subprocess.run([sys.executable, "-m", "yibao.cli", "kafka", cmd], env=self.kafka_env,
+        done = subprocess.run([sys.executable, "-m", "yibao", "kafka", cmd], env=self.kafka_env,
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"yibao kafka {cmd}: {done.stdout}{done.stderr}")
@@ -246,11 +246,11 @@ class Campaign:
 
     def replay_and_verify(self, ref: Path) -> bool:
         env = self.env()
-        done = subprocess.run([sys.executable, "-m", "yibao.cli", "replay", "--into", str(ref),
+        done = subprocess.run([sys.executable, "-m", "yibao", "replay", "--into", str(ref),
                                "--quiet"], env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"replay: {done.stdout}{done.stderr}")
-        done = subprocess.run([sys.executable, "-m", "yibao.cli", "verify", str(self.db), str(ref)],
+        done = subprocess.run([sys.executable, "-m", "yibao", "verify", str(self.db), str(ref)],
                               env=env, capture_output=True, text=True, check=False)
         return done.returncode == 0
 

@@ -34,17 +34,17 @@ from pathlib import Path
 import duckdb
 import msgspec
 
-from projections.store import snapshot_path
-from rules.engine import Engine
-from rules.fold import Fold
-from rules.policy import load_policy
-from schemas.codec import Codec
-from streams.publish import publish_lines, read_topic
-from streams.topics import create_all
-from streams.worker import spawn, terminate
-from yibao.broker import BrokerConfig, LocalBroker
-from yibao.generate import GenerateConfig, generate_to_path
+from yibao.dev.broker import BrokerConfig, LocalBroker
+from yibao.dev.generate import GenerateConfig, generate_to_path
+from yibao.projections.store import snapshot_path
+from yibao.rules.engine import Engine
+from yibao.rules.fold import Fold
+from yibao.rules.policy import load_policy
+from yibao.schemas.codec import Codec
 from yibao.settings import Settings
+from yibao.streams.publish import publish_lines, read_topic
+from yibao.streams.topics import create_all
+from yibao.streams.worker import spawn, terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_PER_HOUSEHOLD_YEAR = 95
@@ -80,7 +80,7 @@ def spawn_projector(settings: Settings, db: Path, log: Path, snapshot_every: flo
            "YIBAO_LOG_FORMAT": "json"}
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "yibao.cli", "project", "--snapshot-every",
+            [sys.executable, "-m", "yibao", "project", "--snapshot-every",
              str(snapshot_every)],
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 

@@ -163,7 +163,7 @@ def open_region_for_query(db: str | Path | None, default: str | Path, region: st
                           ) -> tuple[duckdb.DuckDBPyConnection, Path]:
     """:func:`open_region` of ``db`` if given; else of the projection file ``default`` or,
     while the projector holds it, of its latest snapshot (as ``open_for_query``)."""
-    from projections.store import snapshot_path
+    from yibao.projections.store import snapshot_path
 
     candidates = [Path(db)] if db is not None else [Path(default), snapshot_path(default)]
     last: Exception | None = None

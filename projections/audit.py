@@ -11,13 +11,13 @@ from typing import Any
 import duckdb
 import msgspec
 
-from projections.runner import assign, consumer_for
-from projections.schema import PROJECTIONS
-from rules.engine import Engine
-from rules.policy import Policy, load_policy
-from schemas.codec import Codec
-from streams.topics import Topics
+from yibao.projections.runner import assign, consumer_for
+from yibao.projections.schema import PROJECTIONS
+from yibao.rules.engine import Engine
+from yibao.rules.policy import Policy, load_policy
+from yibao.schemas.codec import Codec
 from yibao.settings import Settings
+from yibao.streams.topics import Topics
 
 # ------------------------------------------------------------------------------ verify
 
@@ -136,7 +136,7 @@ async def _read_all(settings: Settings, roles: dict[str, str]) -> dict[str, dict
 def reconcile(settings: Settings, policy: Policy | None = None) -> ReconcileResult:
     """Re-settle the ledger with the pure engine (per ledger partition and key, as the live
     processor does) and compare output by output with the recorded ``settlements``."""
-    from streams.cores import ProcessorCore, is_replay
+    from yibao.streams.cores import ProcessorCore, is_replay
 
     t = Topics.of(settings)
     data = asyncio.run(_read_all(settings, {"ledger": t.ledger, "settlements": t.settlements}))

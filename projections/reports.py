@@ -11,7 +11,7 @@ from typing import Any
 
 import duckdb
 
-from projections.transform import Pseudonyms
+from yibao.projections.transform import Pseudonyms
 
 
 def _region_filter(col: str, region: str) -> str:

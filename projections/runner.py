@@ -1,6 +1,6 @@
 """The consume loop shared by the live projector (``yibao project``, follows the log) and replay
 (``yibao replay``, from offset 0 to the end offsets taken at its start): aiokafka ``getmany``
-batches → :class:`~projections.transform.Transform` → :meth:`Store.write` (rows and the next
+batches → :class:`~yibao.projections.transform.Transform` → :meth:`Store.write` (rows and the next
 offsets in one DuckDB transaction). On start it seeks every (topic, partition) to the offset
 stored in the file, so a crash or restart resumes exactly after the last committed batch.
 
@@ -10,7 +10,7 @@ in flight; DuckDB releases the GIL while it inserts).
 
 With a policy (what-if), the ``settlements`` topic is not read: the pure engine re-settles the
 ledger, household by household exactly as the live processor does
-(:class:`streams.cores.ProcessorCore`, state per ledger partition and key), and its outputs go
+(:class:`yibao.streams.cores.ProcessorCore`, state per ledger partition and key), and its outputs go
 through the same transform.
 """
 
@@ -24,16 +24,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from projections.sqltransform import raw_table
-from projections.store import Offsets, Store
-from projections.transform import DEADLETTER, LEDGER, ROLES, SETTLEMENTS, Rec, Transform
-from rules.engine import Engine
-from rules.policy import Policy
-from schemas.codec import Codec
-from streams.cores import is_replay
-from streams.topics import Topics
-from yibao.kafka_security import client_options
+from yibao.projections.sqltransform import raw_table
+from yibao.projections.store import Offsets, Store
+from yibao.projections.transform import DEADLETTER, LEDGER, ROLES, SETTLEMENTS, Rec, Transform
+from yibao.rules.engine import Engine
+from yibao.rules.policy import Policy
+from yibao.schemas.codec import Codec
 from yibao.settings import Settings
+from yibao.streams.cores import is_replay
+from yibao.streams.kafka.options import client_options
+from yibao.streams.topics import Topics
 
 
 @dataclass
@@ -44,7 +44,7 @@ class RunOptions:
     max_wait_ms: int = 300  # follow: write at least this often while records arrive
     snapshot_every: float | None = None  # follow: publish a snapshot every N seconds
     policy: Policy | None = None  # what-if: re-settle the ledger under this policy
-    sql: bool = True  # rows made by DuckDB (projections.sqltransform), else by Transform
+    sql: bool = True  # rows made by DuckDB (yibao.projections.sqltransform), else by Transform
     on_total: Callable[[int], None] | None = None
     on_progress: Callable[[int], None] | None = None
     topic_wait: float = 60.0  # how long to wait for the topics to exist
@@ -215,7 +215,7 @@ class _WhatIf:
     """Re-settle ledger records under another policy, as the live processor would."""
 
     def __init__(self, policy: Policy) -> None:
-        from streams.cores import ProcessorCore
+        from yibao.streams.cores import ProcessorCore
 
         self.codec = Codec()
         self.core = ProcessorCore(Engine(policy), self.codec)

@@ -1,5 +1,5 @@
 """The projection schema: base tables (one row per event, appended by the projector and by
-replay through :mod:`projections.transform`) and views (everything derived, computed by
+replay through :mod:`yibao.projections.transform`) and views (everything derived, computed by
 DuckDB when queried, so a projection is a pure function of the log and never drifts).
 
 Column lists are data (:data:`TABLES`): the same spec builds the Arrow schema of each batch

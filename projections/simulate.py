@@ -3,8 +3,8 @@
 
 For tests and the replay benchmark: they need those topics filled quickly and
 deterministically. The decisions are the worker's own pure cores
-(:class:`streams.cores.SequencerCore` validates, dead-letters, deduplicates and keys by
-household; :class:`streams.cores.ProcessorCore` settles per ledger partition and key), and
+(:class:`yibao.streams.cores.SequencerCore` validates, dead-letters, deduplicates and keys by
+household; :class:`yibao.streams.cores.ProcessorCore` settles per ledger partition and key), and
 outputs go to the settlements partition of their ledger record, as in the worker. Only the
 partitioner differs (crc32 of the key), which no consumer depends on.
 """
@@ -19,16 +19,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from rules.engine import Engine
-from rules.policy import Policy, load_policy
-from schemas.codec import Codec
-from schemas.events import OutputEvent
-from streams.cores import REPLAY_HEADER, DeadLetterAppend, ProcessorCore, SequencerCore
-from streams.merge import TP, Record
-from streams.topics import create_all
-from yibao.kafka_io import SendWindow
-from yibao.kafka_security import client_options
+from yibao.rules.engine import Engine
+from yibao.rules.policy import Policy, load_policy
+from yibao.schemas.codec import Codec
+from yibao.schemas.events import OutputEvent
 from yibao.settings import Settings
+from yibao.streams.cores import REPLAY_HEADER, DeadLetterAppend, ProcessorCore, SequencerCore
+from yibao.streams.kafka.io import SendWindow
+from yibao.streams.kafka.options import client_options
+from yibao.streams.merge import TP, Record
+from yibao.streams.topics import create_all
 
 Tamper = Callable[[OutputEvent], OutputEvent | None]
 

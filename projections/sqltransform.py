@@ -1,4 +1,4 @@
-"""The fast path of :mod:`projections.transform`: the same rows, computed by DuckDB.
+"""The fast path of :mod:`yibao.projections.transform`: the same rows, computed by DuckDB.
 
 Python only wraps each batch's records into an Arrow table per topic — ``src_partition``,
 ``src_offset``, ``ts`` (record timestamp), ``value`` (the JSON text) — one C-level pass; DuckDB
@@ -6,7 +6,7 @@ parses the JSON (``from_json`` into a typed struct, on all threads) and fills ev
 with ``INSERT ... SELECT`` inside the batch's transaction. The pseudonym is the same
 ``HMAC-SHA256(key, id)`` computed in SQL by a TEMP macro (the key is never stored in the file).
 
-:class:`projections.transform.Transform` stays the readable reference: a test projects one
+:class:`yibao.projections.transform.Transform` stays the readable reference: a test projects one
 log both ways and ``verify`` finds them identical, table by table.
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
-from projections.schema import AMOUNTS, TS
-from projections.transform import DEADLETTER, LEDGER, SETTLEMENTS, Record
+from yibao.projections.schema import AMOUNTS, TS
+from yibao.projections.transform import DEADLETTER, LEDGER, SETTLEMENTS, Record
 
 RAW_SCHEMA = pa.schema([("src_partition", pa.int32()), ("src_offset", pa.int64()),
                         ("ts", TS), ("value", pa.string())])

@@ -21,10 +21,10 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from projections import sqltransform
-from projections.schema import PROJECTIONS, TABLES, VIEWS, ddl
-from projections.sqltransform import install_pseudonym_macro
-from projections.transform import DEV_PSEUDONYM_KEY
+from yibao.projections import sqltransform
+from yibao.projections.schema import PROJECTIONS, TABLES, VIEWS, ddl
+from yibao.projections.sqltransform import install_pseudonym_macro
+from yibao.projections.transform import DEV_PSEUDONYM_KEY
 
 #: (role, partition) -> next offset to read
 Offsets = dict[tuple[str, int], int]
@@ -86,7 +86,7 @@ class Store:
     def write(self, tables: Mapping[str, pa.Table], offsets: Offsets,
               raw: Mapping[str, pa.Table] | None = None) -> None:
         """Append every table (``tables``: rows made by :class:`Transform`; ``raw``: record
-        batches per topic that :mod:`projections.sqltransform` turns into rows) and store the
+        batches per topic that :mod:`yibao.projections.sqltransform` turns into rows) and store the
         offsets they end at, in one transaction: after a crash the file has either the whole
         batch and its offsets, or neither."""
         con = self.con

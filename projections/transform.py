@@ -22,8 +22,8 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 import pyarrow as pa
 
-from projections.schema import AMOUNTS, ARROW_SCHEMAS
-from schemas.events import Amounts
+from yibao.projections.schema import AMOUNTS, ARROW_SCHEMAS
+from yibao.schemas.events import Amounts
 
 LEDGER, SETTLEMENTS, DEADLETTER = "ledger", "settlements", "deadletter"
 ROLES = (LEDGER, SETTLEMENTS, DEADLETTER)

@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import SCHEMA_VERSION, InputEvent, OutputEvent
-from schemas.exceptions import SchemaError
+from yibao.schemas.events import SCHEMA_VERSION, InputEvent, OutputEvent
+from yibao.schemas.exceptions import SchemaError
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 

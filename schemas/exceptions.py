@@ -1,13 +1,11 @@
-"""Errors of the schema layer, under the project's one root error."""
+"""Errors of the contract layer, under the project's one root error."""
 
 from __future__ import annotations
 
-
-class YibaoError(Exception):
-    """Root of every error yibao raises on purpose; callers may catch this one."""
+from yibao.errors import YibaoError
 
 
-class SchemaError(YibaoError):
+class SchemaError(YibaoError, ValueError):
     """Input that is not a valid event: the message names the field (a JSON path) and the rule.
 
     ``path`` is the JSON path (``$.items[2].amount_fen``) when known, so a dead-letter

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import INPUT_TYPES, OUTPUT_TYPES
+from yibao.schemas.events import INPUT_TYPES, OUTPUT_TYPES
 
 CROSS_FIELD_RULES = {
     "PersonRegistered": "A resident must have retired=false and personal_account_fen=0.",

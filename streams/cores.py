@@ -1,8 +1,8 @@
 """The logic of the two live stages, without any I/O: what the Kafka loops call per record.
 
-* :class:`SequencerCore` — validate with the file-mode :class:`~schemas.codec.Codec`,
+* :class:`SequencerCore` — validate with the file-mode :class:`~yibao.schemas.codec.Codec`,
   dead-letter malformed input, drop a repeated ``event_id`` within an event-time window
-  (:class:`DedupStore`, the semantics of :class:`rules.fold.Deduplicator`), resolve
+  (:class:`DedupStore`, the semantics of :class:`yibao.rules.fold.Deduplicator`), resolve
   person → household, and say what to append to the ledger. Its state is partitioned by the
   input partition (the key is ``person_id`` on all four input topics, so a person's
   registration, visits and retries all land on the same partition number) and every change
@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from rules.engine import Engine
-from rules.fold import DEFAULT_DEDUP_WINDOW
-from rules.state import Person, State, Visit
-from schemas.codec import Codec
-from schemas.events import (
+from yibao.rules.engine import Engine
+from yibao.rules.fold import DEFAULT_DEDUP_WINDOW
+from yibao.rules.state import Person, State, Visit
+from yibao.schemas.codec import Codec
+from yibao.schemas.events import (
     InputEvent,
     OutputEvent,
     PaymentMade,
@@ -40,9 +40,9 @@ from schemas.events import (
     VisitClosed,
     VisitRefunded,
 )
-from schemas.exceptions import SchemaError
-from streams.merge import Record
-from streams.stores import KVStore, memory_stores
+from yibao.schemas.exceptions import SchemaError
+from yibao.streams.merge import Record
+from yibao.streams.stores import KVStore, memory_stores
 
 # A changelog change: (store name, partition, key, value or None for a tombstone).
 Change = tuple[str, int, bytes, bytes | None]
@@ -76,7 +76,7 @@ def _ms(ts: dt.datetime) -> int:
 class DedupStore:
     """Event ids seen within ``window`` of event time (one per input partition).
 
-    Same rule as :class:`rules.fold.Deduplicator`: an id is forgotten once the newest
+    Same rule as :class:`yibao.rules.fold.Deduplicator`: an id is forgotten once the newest
     ``occurred_at`` seen is more than ``window`` past its own; forgetting is reported so the
     changelog gets a tombstone and stays bounded by the window too.
     """

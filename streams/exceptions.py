@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.exceptions import YibaoError
+from yibao.errors import YibaoError
 
 
 class StreamsError(YibaoError):

@@ -6,7 +6,7 @@
 
 ``publish`` validates with the same codec as the sequencer (an event built in Python is
 encoded and decoded again, so every rule of events.md applies) and raises
-:class:`schemas.exceptions.SchemaError` naming the field; nothing invalid leaves the
+:class:`yibao.schemas.exceptions.SchemaError` naming the field; nothing invalid leaves the
 gateway. ``settle`` is request/response over Kafka: it registers interest in the
 checkout's ``event_id``, publishes the ``VisitClosed`` and resolves with the first
 ``ClaimSettled``/``ClaimRejected`` in ``settlements`` whose ``caused_by`` is that id (an
@@ -24,13 +24,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas.codec import Codec
-from schemas.events import ClaimRejected, ClaimSettled, EventRejected, InputEvent, VisitClosed
-from schemas.exceptions import SchemaError
-from streams.publish import TOPICS_ORDER, new_publisher_id, new_seq_base, order_headers
-from streams.topics import Topics
-from yibao.kafka_security import client_options
+from yibao.schemas.codec import Codec
+from yibao.schemas.events import ClaimRejected, ClaimSettled, EventRejected, InputEvent, VisitClosed
+from yibao.schemas.exceptions import SchemaError
 from yibao.settings import Settings
+from yibao.streams.kafka.options import client_options
+from yibao.streams.publish import TOPICS_ORDER, new_publisher_id, new_seq_base, order_headers
+from yibao.streams.topics import Topics
 
 Outcome = ClaimSettled | ClaimRejected | EventRejected
 

@@ -4,10 +4,10 @@ Household state lives in two tables partitioned like the ledger, each backed by 
 changelog: ``processor-households`` (one msgpack value of ``dict[person_id, Person]`` per
 household: persons and the visits being charged, in memory) and ``processor-visits`` (one
 record per settled visit or one whose checkout is over, in a local RocksDB store by
-default; see :mod:`streams.stores` for why).
+default; see :mod:`yibao.streams.stores` for why).
 Each polled batch is folded through the pure engine and written — output events, the
 changed households and the next ledger offsets (position records in the households
-changelog, see :mod:`streams.runtime`) — in one Kafka transaction. Output events go to
+changelog, see :mod:`yibao.streams.runtime`) — in one Kafka transaction. Output events go to
 ``settlements`` keyed by household on the *same partition number* as the ledger record, so
 every settlements partition has exactly one writer.
 """
@@ -23,10 +23,10 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from rules.engine import Engine
-from schemas.codec import Codec
-from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore, is_replay
-from streams.runtime import (
+from yibao.rules.engine import Engine
+from yibao.schemas.codec import Codec
+from yibao.streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore, is_replay
+from yibao.streams.runtime import (
     OWNER_KEY,
     Outbox,
     Position,
@@ -40,8 +40,8 @@ from streams.runtime import (
     resolve_skips,
     wait_decided,
 )
-from streams.stores import KVStore, memory_stores
-from streams.topics import Topics
+from yibao.streams.stores import KVStore, memory_stores
+from yibao.streams.topics import Topics
 
 #: How long a new owner waits for an owner record's transaction to be decided before it
 #: fences the owner it names (a clean hand-over's markers take 1-3 ms; this only delays the
@@ -64,7 +64,7 @@ class Processor(TxnStage):
         self.changelogs = {HOUSEHOLDS_STORE: self.changelog, VISITS_STORE: self.visits_changelog}
         self.outbox = Outbox(self.producer)
         # Ledger partitions the local sequencer applies in its own transaction (see
-        # :meth:`streams.sequencer.Sequencer.attach`): paused here, their positions moved on
+        # :meth:`yibao.streams.sequencer.Sequencer.attach`): paused here, their positions moved on
         # by the sequencer's transactions.
         self.fused: set[TopicPartition] = set()
         self.progressed = asyncio.Event()  # set by every commit, for :meth:`wait_for`
@@ -102,7 +102,7 @@ class Processor(TxnStage):
         (returned), then restore again.
 
         A name may still be there only because its hand-over is committed but its markers
-        are not written yet (see :func:`streams.runtime.wait_decided`): before fencing, wait
+        are not written yet (see :func:`yibao.streams.runtime.wait_decided`): before fencing, wait
         until every record written so far is decided, and read the names again. Only a dead
         or frozen owner's open transaction keeps them undecided past ``OWNER_SETTLE_S``."""
         stored, owners, restored = await self.restore(parts)

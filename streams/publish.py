@@ -26,11 +26,11 @@ from typing import IO, Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas.events import TOPIC_OF
-from streams.topics import Topics
-from yibao.kafka_io import SendWindow
-from yibao.kafka_security import client_options
+from yibao.schemas.events import TOPIC_OF
 from yibao.settings import Settings
+from yibao.streams.kafka.io import SendWindow
+from yibao.streams.kafka.options import client_options
+from yibao.streams.topics import Topics
 
 SEQ_HEADER = "yibao-seq"
 PUBLISHER_HEADER = "yibao-publisher"
@@ -81,7 +81,7 @@ def seq_header(seq: int) -> tuple[str, bytes]:
 def order_headers(publisher: bytes, seq: int) -> list[tuple[str, bytes]]:
     """``yibao-seq`` and ``yibao-publisher``: a publisher numbers its records without gaps,
     so the sequencer's merge can tell that nothing it published earlier is still in flight
-    and need not wait for it (see :mod:`streams.merge`)."""
+    and need not wait for it (see :mod:`yibao.streams.merge`)."""
     return [seq_header(seq), (PUBLISHER_HEADER, publisher)]
 
 

@@ -9,7 +9,7 @@ and a transaction whose partition number has no input assigned never commits
 tables also cannot be written from ``stream.take()`` batches, and per-event acking caps a
 2-core worker well below 10k events/s. So each stage here is a small aiokafka loop:
 
-    getmany (read_committed)  →  pure core (streams.cores)  →  one Kafka transaction with
+    getmany (read_committed)  →  pure core (yibao.streams.cores)  →  one Kafka transaction with
     the outputs, the state changelog records *and* the input positions
 
 Kafka makes that all-or-nothing: a worker killed at any moment leaves either the whole
@@ -17,7 +17,7 @@ batch (outputs + state + positions) or none of it, and the next owner of the par
 restores the state from the changelog (compacted topics, read_committed) and resumes at
 the positions restored with it. That is exactly-once for outputs *and* tables. With both
 stages in one worker, one transaction carries a checkout all the way: the sequencer applies
-the ledger partitions its own processor owns (:meth:`streams.sequencer.Sequencer.attach`).
+the ledger partitions its own processor owns (:meth:`yibao.streams.sequencer.Sequencer.attach`).
 
 Why the input positions live in the state changelog (a ``POSITION_PREFIX`` record per input
 partition, in the changelog partition of the same number) and not in the consumer group
@@ -33,12 +33,12 @@ Scale-out: stages are consumer groups (``<prefix>sequencer``, ``<prefix>processo
 Fencing: the sequencer (one active at a time) has one transactional id for every worker,
 ``<prefix>sequencer``, and starts its producer only when it gets the inputs, so taking
 over fences the previous sequencer wherever it runs, dead or a zombie, and aborts its open
-transaction before the state is restored (:meth:`streams.sequencer.Sequencer.take_over`).
+transaction before the state is restored (:meth:`yibao.streams.sequencer.Sequencer.take_over`).
 A processor's id is ``<prefix>processor-<worker_id>`` (partitions move between workers); each
 changelog partition names its owner (:data:`OWNER_KEY`), blanked when the owner hands it
 over in a rebalance, so a worker that gets a partition whose owner is still named (dead,
 or a zombie) fences that id, which aborts its open transaction at once, before restoring
-(:meth:`streams.processor.Processor.on_assigned`). A restarted worker fences its own
+(:meth:`yibao.streams.processor.Processor.on_assigned`). A restarted worker fences its own
 predecessor by starting its producer.
 """
 
@@ -66,8 +66,8 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.partitioner import murmur2
 from aiokafka.producer import sender as aiokafka_sender
 
-from yibao.kafka_security import KafkaTarget, client_options
 from yibao.logging import get_logger
+from yibao.streams.kafka.options import KafkaTarget, client_options
 
 log = get_logger("yibao.streams")
 
@@ -259,7 +259,7 @@ def position_key(topic: str) -> bytes:
 class Position:
     """Where a stage resumes in an input partition: at ``offset``, after skipping ``skip``
     committed records from there. ``skip`` is 0 except in the positions the sequencer writes
-    for the processor (:meth:`streams.sequencer.Sequencer.attach`), which are written before
+    for the processor (:meth:`yibao.streams.sequencer.Sequencer.attach`), which are written before
     the broker has given offsets to the ledger records they count: "the end of the
     sequencer's previous write, then this many records"."""
 

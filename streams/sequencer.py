@@ -1,7 +1,7 @@
 """The sequencer: four input topics in, the ledger (and dead letters) out.
 
-Per released record (see :mod:`streams.merge` for the event-time merge and
-:class:`streams.cores.SequencerCore` for the decisions): validate with the file-mode codec,
+Per released record (see :mod:`yibao.streams.merge` for the event-time merge and
+:class:`yibao.streams.cores.SequencerCore` for the decisions): validate with the file-mode codec,
 dead-letter malformed input with its origin, drop a repeated ``event_id`` (window in event
 time, default 30 days, state in the ``sequencer-dedup`` changelog), resolve person →
 household (``sequencer-persons`` changelog) and append the original bytes to the ledger,
@@ -9,7 +9,7 @@ keyed by household, record timestamp = ``occurred_at``, headers ``yibao-seq`` an
 ``yibao-origin`` (topic:partition:offset).
 
 Ordering: the merge is a total event-time order over every input partition this worker
-owns; the sequencer group uses :class:`~streams.runtime.SingletonAssignor`, so one worker
+owns; the sequencer group uses :class:`~yibao.streams.runtime.SingletonAssignor`, so one worker
 owns them all and the ledger order per household is the publication order, whatever the
 number of workers (the others stand by; the settlement processors, where the work is,
 scale out). From then on the ledger fixes the order for every replay.
@@ -24,7 +24,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from streams.cores import (
+from yibao.settings import Settings
+from yibao.streams.cores import (
     COUNTS_KEY,
     COUNTS_STORE,
     DEDUP_STORE,
@@ -37,10 +38,10 @@ from streams.cores import (
     SequencerCounts,
     decode_counts,
 )
-from streams.merge import TP, Record, TimestampMerge
-from streams.processor import Processor
-from streams.publish import SEQ_HEADER, order_of
-from streams.runtime import (
+from yibao.streams.merge import TP, Record, TimestampMerge
+from yibao.streams.processor import Processor
+from yibao.streams.publish import SEQ_HEADER, order_of
+from yibao.streams.runtime import (
     Outbox,
     SingletonAssignor,
     StageConfig,
@@ -54,8 +55,7 @@ from streams.runtime import (
     read_changelog,
     stop_later,
 )
-from streams.topics import Topics
-from yibao.settings import Settings
+from yibao.streams.topics import Topics
 
 ORIGIN_HEADER = "yibao-origin"
 

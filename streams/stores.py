@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from streams.exceptions import StoreError
+from yibao.streams.exceptions import StoreError
 
 
 class KVStore(Protocol):

@@ -34,9 +34,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from schemas.events import TOPIC_OF
-from yibao.kafka_io import create_topics
+from yibao.schemas.events import TOPIC_OF
 from yibao.settings import Settings
+from yibao.streams.kafka.io import create_topics
 
 INPUTS = ("registrations", "visits", "prescriptions", "payments")
 assert set(TOPIC_OF.values()) == set(INPUTS)

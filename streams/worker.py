@@ -3,7 +3,7 @@
 Start as many workers as you like with the same ``YIBAO_TOPIC_PREFIX`` (the app id) and a
 distinct ``YIBAO_WORKER_ID`` each: processors share the ledger partitions, one sequencer is
 active and the others stand by. SIGTERM/SIGINT stop cleanly; SIGKILL loses nothing (see
-:mod:`streams.runtime`).
+:mod:`yibao.streams.runtime`).
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rules.engine import Engine
-from rules.policy import load_policy
-from streams.exceptions import StoreError
-from streams.processor import Processor
-from streams.runtime import StageConfig, TxnStage, log, percentiles
-from streams.sequencer import Sequencer
-from streams.stores import KVStore, RocksMemory, RocksStore, memory_stores
-from streams.topics import Topics, create_all
-from yibao.kafka_security import security_env
+from yibao.rules.engine import Engine
+from yibao.rules.policy import load_policy
 from yibao.settings import Settings
+from yibao.streams.exceptions import StoreError
+from yibao.streams.kafka.options import security_env
+from yibao.streams.processor import Processor
+from yibao.streams.runtime import StageConfig, TxnStage, log, percentiles
+from yibao.streams.sequencer import Sequencer
+from yibao.streams.stores import KVStore, RocksMemory, RocksStore, memory_stores
+from yibao.streams.topics import Topics, create_all
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def spawn(
     }
     with log_file.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "yibao.cli", "worker"],
+            [sys.executable, "-m", "yibao", "worker"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=full, cwd=cwd,
         )
 

@@ -2,7 +2,7 @@
 
 - ``kafka_bootstrap`` (session): "host:port" of a real broker — ``YIBAO_BOOTSTRAP_SERVERS`` if
   set, else a testcontainers Kafka if Docker answers, else the local JVM broker (started if
-  needed, and stopped at the end only if this session started it). See ``yibao.testing``.
+  needed, and stopped at the end only if this session started it). See ``yibao.dev.testing``.
 - ``unique_prefix``: a fresh ``t-<uuid8>-`` namespace for topics, app ids and groups.
 - ``kafka_settings``: ``Settings`` pointing at that broker, with that prefix and 2 partitions.
 - ``kafka_topics``: ``kafka_topics(names, partitions=1)`` creates topics and waits for them.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from yibao import testing
+from yibao.dev import testing
 from yibao.settings import Settings
 
 KAFKA_TEST_TIMEOUT = 120

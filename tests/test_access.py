@@ -1,6 +1,6 @@
 """Analysts' access to the projections (no broker): no raw person/household id in what they
 can query, the pseudonym key taken from YIBAO_PSEUDONYM_KEY (and never stored), and a
-bureau's region-scoped connection (projections.access) that holds its region's rows only."""
+bureau's region-scoped connection (yibao.projections.access) that holds its region's rows only."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from projections.access import RegionError, export_region, open_region, region_predicate
-from projections.store import Store
-from projections.transform import DEV_PSEUDONYM_KEY, Rec, Transform
-from rules.engine import Engine
-from rules.fold import DeadLetter, Fold
-from rules.policy import load_policy
-from schemas.codec import Codec
 from yibao.cli import main as cli
-from yibao.generate import GenerateConfig, generate_to_path
+from yibao.dev.generate import GenerateConfig, generate_to_path
+from yibao.projections.access import RegionError, export_region, open_region, region_predicate
+from yibao.projections.store import Store
+from yibao.projections.transform import DEV_PSEUDONYM_KEY, Rec, Transform
+from yibao.rules.engine import Engine
+from yibao.rules.fold import DeadLetter, Fold
+from yibao.rules.policy import load_policy
+from yibao.schemas.codec import Codec
 from yibao.settings import Settings
 
 ENV_KEY = "bureau-secret-pseudonym-key-4f1d"

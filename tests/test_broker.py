@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from yibao.broker import (
+from yibao.dev.broker import (
     BrokerConfig,
     BrokerError,
     LocalBroker,
@@ -70,7 +70,7 @@ def test_status_and_down_when_nothing_runs(tmp_path: Path) -> None:
 
 
 def test_server_properties_single_node(tmp_path: Path) -> None:
-    from yibao.broker import _server_properties
+    from yibao.dev.broker import _server_properties
 
     c = BrokerConfig(port=1234, controller_port=1235, home=tmp_path, libs=tmp_path)
     props = dict(

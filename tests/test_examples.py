@@ -94,7 +94,7 @@ def test_generated_log_dead_letters_exactly_its_malformed_lines(tmp_path: Path) 
     import datetime as dt
     import io
 
-    from yibao.generate import GenerateConfig, generate
+    from yibao.dev.generate import GenerateConfig, generate
 
     buf = io.BytesIO()
     stats = generate(GenerateConfig(households=150, seed=11, start=dt.date(2025, 1, 1),

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from schemas.codec import Codec
-from schemas.events import ClaimSettled, VisitClosed
-from schemas.exceptions import SchemaError
-from streams.gateway import Gateway
-from streams.publish import read_topic
-from streams.topics import create_all
-from streams.worker import spawn, terminate
+from yibao.schemas.codec import Codec
+from yibao.schemas.events import ClaimSettled, VisitClosed
+from yibao.schemas.exceptions import SchemaError
 from yibao.settings import Settings
+from yibao.streams.gateway import Gateway
+from yibao.streams.publish import read_topic
+from yibao.streams.topics import create_all
+from yibao.streams.worker import spawn, terminate
 
 pytestmark = pytest.mark.kafka
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from yibao.generate import GenerateConfig, GenerateStats, generate
+from yibao.dev.generate import GenerateConfig, GenerateStats, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_same_bytes_in_another_process() -> None:
     here = hashlib.sha256(run(cfg)[0]).hexdigest()
     code = (
         "import datetime as dt, hashlib, io, sys\n"
-        "from yibao.generate import GenerateConfig, generate\n"
+        "from yibao.dev.generate import GenerateConfig, generate\n"
         "b = io.BytesIO()\n"
         "generate(GenerateConfig(households=15, seed=3, start=dt.date(2025, 3, 1),"
         " end=dt.date(2025, 6, 30)), b)\n"
@@ -226,8 +226,8 @@ def test_amounts_are_realistic(good_events: list[dict[str, Any]]) -> None:
 
 def test_validates_against_the_project_schema(year_log: tuple[list[bytes], GenerateStats]) -> None:
     """Every good line decodes with the project's codec; every malformed line is rejected."""
-    codec_mod = pytest.importorskip("schemas.codec")
-    exc_mod = pytest.importorskip("schemas.exceptions")
+    codec_mod = pytest.importorskip("yibao.schemas.codec")
+    exc_mod = pytest.importorskip("yibao.schemas.exceptions")
     codec = codec_mod.Codec()
     lines, stats = year_log
     bad = set(stats.bad_lines)
@@ -242,10 +242,10 @@ def test_validates_against_the_project_schema(year_log: tuple[list[bytes], Gener
 def test_payments_are_mostly_accepted(year_log: tuple[list[bytes], GenerateStats]) -> None:
     """The generator sizes payments from the engine's own state of each household: settled
     through the project's engine, nearly every payment is accepted and every repayment fits."""
-    engine_mod = pytest.importorskip("rules.engine")
-    policy_mod = pytest.importorskip("rules.policy")
-    state_mod = pytest.importorskip("rules.state")
-    codec = pytest.importorskip("schemas.codec").Codec()
+    engine_mod = pytest.importorskip("yibao.rules.engine")
+    policy_mod = pytest.importorskip("yibao.rules.policy")
+    state_mod = pytest.importorskip("yibao.rules.state")
+    codec = pytest.importorskip("yibao.schemas.codec").Codec()
     engine = engine_mod.Engine(policy_mod.load_policy())
     state = state_mod.State()
     lines, stats = year_log

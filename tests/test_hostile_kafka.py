@@ -25,19 +25,19 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from rules.engine import Engine
-from rules.fold import Fold
-from rules.policy import load_policy
-from schemas.codec import Codec
-from schemas.exceptions import SchemaError
-from streams.cores import DEAD_LETTER_RAW_MAX, SequencerCounts
-from streams.publish import producer_config, read_topic, route, seq_header
-from streams.sequencer import read_books
-from streams.topics import INPUTS, Topics, create_all
-from streams.worker import spawn, terminate
-from yibao.generate import GenerateConfig, generate_to_path
+from yibao.dev.generate import GenerateConfig, generate_to_path
+from yibao.dev.testing import compare_outputs
+from yibao.rules.engine import Engine
+from yibao.rules.fold import Fold
+from yibao.rules.policy import load_policy
+from yibao.schemas.codec import Codec
+from yibao.schemas.exceptions import SchemaError
 from yibao.settings import Settings
-from yibao.testing import compare_outputs
+from yibao.streams.cores import DEAD_LETTER_RAW_MAX, SequencerCounts
+from yibao.streams.publish import producer_config, read_topic, route, seq_header
+from yibao.streams.sequencer import read_books
+from yibao.streams.topics import INPUTS, Topics, create_all
+from yibao.streams.worker import spawn, terminate
 
 pytestmark = pytest.mark.kafka
 

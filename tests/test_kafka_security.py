@@ -14,15 +14,15 @@ import pytest
 from click.testing import CliRunner
 
 from yibao.cli import main
-from yibao.kafka_security import (
+from yibao.dev.smoke import faust_credentials
+from yibao.settings import Settings
+from yibao.streams.kafka.options import (
     KafkaSecurityError,
     client_options,
     describe,
-    faust_credentials,
     security_env,
     ssl_context,
 )
-from yibao.settings import Settings
 
 PASSWORD = "s3cret-不可见"
 

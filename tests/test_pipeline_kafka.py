@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from streams.publish import publish_lines, read_topic
-from streams.topics import create_all
-from streams.worker import spawn, terminate
 from yibao.cli import main as cli
 from yibao.settings import Settings
+from yibao.streams.publish import publish_lines, read_topic
+from yibao.streams.topics import create_all
+from yibao.streams.worker import spawn, terminate
 
 pytestmark = pytest.mark.kafka
 
@@ -254,9 +254,9 @@ def test_newborn_treated_before_registration_settles_as_in_file_mode(
     """The hand-over at registration on the broker: the baby's visit is opened under the
     baby's own id, the checkout under the household; the ledger repeats the opening under
     the household (header ``yibao-replay``), the books count it, outputs equal file mode."""
-    from streams.cores import REPLAY_HEADER, SequencerCounts
-    from streams.sequencer import read_books
-    from tests.helpers_events import charged, closed, item, opened, registered
+    from yibao.dev.events import charged, closed, item, opened, registered
+    from yibao.streams.cores import REPLAY_HEADER, SequencerCounts
+    from yibao.streams.sequencer import read_books
 
     s = settings_for(kafka_bootstrap, unique_prefix)
     events = [
@@ -316,9 +316,9 @@ def test_resumes_at_the_positions_in_its_changelog_not_the_group_offsets(
     they change nothing — no event re-read as a duplicate, no output twice."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streams.cores import SequencerCounts
-    from streams.sequencer import read_books
-    from streams.topics import Topics
+    from yibao.streams.cores import SequencerCounts
+    from yibao.streams.sequencer import read_books
+    from yibao.streams.topics import Topics
 
     s = settings_for(kafka_bootstrap, unique_prefix)
     sample = lines_of("sample")[:3000]
@@ -458,11 +458,11 @@ def test_a_hand_over_still_being_committed_does_not_fence_the_live_owner(
     live worker. A dead owner's open transaction never settles: that one is fenced."""
     from aiokafka.errors import ProducerFenced
 
-    from rules.engine import Engine
-    from rules.policy import load_policy
-    from streams.processor import Processor
-    from streams.runtime import OWNER_KEY, StageConfig, make_producer
-    from streams.topics import Topics
+    from yibao.rules.engine import Engine
+    from yibao.rules.policy import load_policy
+    from yibao.streams.processor import Processor
+    from yibao.streams.runtime import OWNER_KEY, StageConfig, make_producer
+    from yibao.streams.topics import Topics
 
     s = settings_for(kafka_bootstrap, unique_prefix, partitions=2)
     topics = Topics.of(s)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rules.exceptions import PolicyError
-from rules.policy import load_policy, parse_policy
+from yibao.rules.exceptions import PolicyError
+from yibao.rules.policy import load_policy, parse_policy
 
-NATIONAL = Path(__file__).resolve().parents[1] / "rules" / "national.toml"
+NATIONAL = Path(__file__).resolve().parents[1] / "yibao" / "rules" / "national.toml"
 
 
 def doc() -> dict:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from projections.audit import verify
-from projections.reports import (
+from yibao.dev.generate import GenerateConfig, generate_to_path
+from yibao.projections.audit import verify
+from yibao.projections.reports import (
     attach_pair,
     chart_html,
     clearing_query,
@@ -19,14 +20,13 @@ from projections.reports import (
     funds_query,
     policy_impact_query,
 )
-from projections.sqltransform import raw_table
-from projections.store import Store
-from projections.transform import Pseudonyms, Rec, Transform
-from rules.engine import Engine
-from rules.fold import DeadLetter, Fold
-from rules.policy import load_policy
-from schemas.codec import Codec
-from yibao.generate import GenerateConfig, generate_to_path
+from yibao.projections.sqltransform import raw_table
+from yibao.projections.store import Store
+from yibao.projections.transform import Pseudonyms, Rec, Transform
+from yibao.rules.engine import Engine
+from yibao.rules.fold import DeadLetter, Fold
+from yibao.rules.policy import load_policy
+from yibao.schemas.codec import Codec
 
 KEY = "test-key"
 

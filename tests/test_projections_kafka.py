@@ -2,7 +2,7 @@
 clean replay (no double counting); snapshots answer queries while it runs; reconcile finds a
 planted wrong settlement; a policy what-if replay and its impact report.
 
-The pipeline's output topics are written by :mod:`projections.simulate` (the worker's own
+The pipeline's output topics are written by :mod:`yibao.projections.simulate` (the worker's own
 pure cores, no worker process), so these tests take seconds.
 """
 
@@ -23,11 +23,11 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from projections.simulate import simulate_sync
-from projections.store import snapshot_path
-from schemas.events import ClaimSettled, OutputEvent
 from yibao.cli import main as cli
-from yibao.generate import GenerateConfig, generate_to_path
+from yibao.dev.generate import GenerateConfig, generate_to_path
+from yibao.projections.simulate import simulate_sync
+from yibao.projections.store import snapshot_path
+from yibao.schemas.events import ClaimSettled, OutputEvent
 from yibao.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -55,7 +55,7 @@ def spawn_projector(settings: Settings, db: Path, log: Path) -> subprocess.Popen
     env = {**os.environ, **env_for(settings, db)}
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "yibao.cli", "project", "--snapshot-every", "0.2",
+            [sys.executable, "-m", "yibao", "project", "--snapshot-every", "0.2",
              "--max-records", "300", "--max-wait-ms", "50"],
             env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -204,7 +204,7 @@ def test_projector_sigkill_mid_stream_equals_clean_replay(
 
 def whatif_policy(tmp: Path) -> Path:
     """National policy with a richer resident outpatient rate in 2025."""
-    text = (Path(__file__).resolve().parents[1] / "rules" / "national.toml").read_text()
+    text = (Path(__file__).resolve().parents[1] / "yibao" / "rules" / "national.toml").read_text()
     marker = "  [version.scheme.resident]\n  outpatient_cap = 50000\n"
     assert marker in text
     text = text.replace(marker, marker + "  outpatient_rate = [8000, 7000, 6000]\n")
@@ -281,12 +281,12 @@ def test_live_pipeline_projection_equals_replay(
         kafka_settings: Settings, tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     """The real thing: `yibao publish` → `yibao worker` → `yibao project`, then a replay of
     the same log is identical (verify) and the recorded settlements reconcile."""
-    from rules.engine import Engine
-    from rules.fold import Fold
-    from rules.policy import load_policy
-    from streams.publish import publish_lines
-    from streams.topics import create_all
-    from streams.worker import spawn, terminate
+    from yibao.rules.engine import Engine
+    from yibao.rules.fold import Fold
+    from yibao.rules.policy import load_policy
+    from yibao.streams.publish import publish_lines
+    from yibao.streams.topics import create_all
+    from yibao.streams.worker import spawn, terminate
 
     lines = log_lines(tmp_path, 120, seed=9)
     fold = Fold(Engine(load_policy()))

@@ -9,12 +9,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rules.engine import Engine
-from rules.policy import load_policy
-from rules.state import State
-from schemas.codec import Codec
-from schemas.events import ClaimReversed, ClaimSettled, OutputEvent
-from tests.helpers_events import charged, closed, envelope, item, opened, registered
+from yibao.dev.events import charged, closed, envelope, item, opened, registered
+from yibao.rules.engine import Engine
+from yibao.rules.policy import load_policy
+from yibao.rules.state import State
+from yibao.schemas.codec import Codec
+from yibao.schemas.events import ClaimReversed, ClaimSettled, OutputEvent
 
 POLICY = load_policy()
 ENGINE = Engine(POLICY)

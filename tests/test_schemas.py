@@ -10,11 +10,11 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from schemas.codec import Codec
-from schemas.events import INPUT_TYPES, OUTPUT_TYPES, PaymentMade, VisitClosed
-from schemas.exceptions import SchemaError
-from tests.helpers_events import charged, closed, envelope, item, opened, registered
 from yibao.cli import main
+from yibao.dev.events import charged, closed, envelope, item, opened, registered
+from yibao.schemas.codec import Codec
+from yibao.schemas.events import INPUT_TYPES, OUTPUT_TYPES, PaymentMade, VisitClosed
+from yibao.schemas.exceptions import SchemaError
 
 codec = Codec()
 
@@ -156,9 +156,9 @@ def test_upcaster_from_a_synthetic_older_version() -> None:
 
 
 def test_outputs_round_trip() -> None:
-    from rules.engine import Engine
-    from rules.policy import load_policy
-    from rules.state import State
+    from yibao.rules.engine import Engine
+    from yibao.rules.policy import load_policy
+    from yibao.rules.state import State
 
     engine, state = Engine(load_policy()), State()
     outs = []

@@ -1,6 +1,6 @@
 """Client security against a real broker: a throwaway single-node broker (one per module,
 ~5 s to start) with a SASL_SSL listener, SCRAM-SHA-256/512 users added at format time and a
-server certificate from a CA generated for the test (``yibao.testing.secured_kafka``)."""
+server certificate from a CA generated for the test (``yibao.dev.testing.secured_kafka``)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from aiokafka.errors import KafkaConnectionError
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from yibao import kafka_io
 from yibao.cli import main as cli
-from yibao.kafka_security import KafkaAccessError, probe, security_env
+from yibao.dev.testing import SecuredKafka, secured_kafka, unique_prefix
 from yibao.settings import Settings
-from yibao.testing import SecuredKafka, secured_kafka, unique_prefix
+from yibao.streams.kafka import io as kafka_io
+from yibao.streams.kafka.options import KafkaAccessError, probe, security_env
 
 pytestmark = pytest.mark.kafka
 
@@ -124,9 +124,9 @@ def test_live_pipeline_runs_over_sasl_ssl(secure: SecuredKafka, tmp_path: Path) 
     SASL_SSL + SCRAM: the same settlements as file mode."""
     from test_pipeline_kafka import assert_same_outputs, lines_of, settle, wait_for
 
-    from streams.publish import publish_lines
-    from streams.topics import create_all
-    from streams.worker import spawn, terminate
+    from yibao.streams.publish import publish_lines
+    from yibao.streams.topics import create_all
+    from yibao.streams.worker import spawn, terminate
 
     s = secure.settings("settler", topic_prefix=unique_prefix(), partitions=2)
     lines = lines_of("worked")
@@ -143,7 +143,7 @@ def test_live_pipeline_runs_over_sasl_ssl(secure: SecuredKafka, tmp_path: Path) 
     text = log.read_text(errors="replace")
     assert USERS["settler"] not in text
     # Restored once and kept: no restore stalled past the session timeout (closing a TLS
-    # connection can wait 30 s for the broker's close_notify, see streams.runtime.stop_later),
+    # connection can wait 30 s for the broker's close_notify, see yibao.streams.runtime.stop_later),
     # which made the group throw the worker out and assign everything again.
     assert text.count('"sequencer.assigned"') == 1, text[-3000:]
     assert "UnknownMemberId" not in text

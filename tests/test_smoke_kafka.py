@@ -8,10 +8,10 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.smoke import run_smoke
-from yibao.broker import fetch_metadata
+from yibao.dev.broker import fetch_metadata
+from yibao.dev.smoke import run_smoke
+from yibao.dev.testing import consume, produce
 from yibao.settings import Settings
-from yibao.testing import consume, produce
 
 pytestmark = pytest.mark.kafka
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from aiokafka.partitioner import murmur2
 
-from rules.engine import Engine
-from rules.fold import Fold
-from rules.policy import load_policy
-from schemas.codec import Codec
-from schemas.events import TOPIC_OF
-from streams.cores import (
+from yibao.rules.engine import Engine
+from yibao.rules.fold import Fold
+from yibao.rules.policy import load_policy
+from yibao.schemas.codec import Codec
+from yibao.schemas.events import TOPIC_OF
+from yibao.streams.cores import (
     DEDUP_STORE,
     Change,
     DeadLetterAppend,
@@ -26,8 +26,8 @@ from streams.cores import (
     ProcessorCore,
     SequencerCore,
 )
-from streams.merge import TP, Record, TimestampMerge
-from streams.publish import route
+from yibao.streams.merge import TP, Record, TimestampMerge
+from yibao.streams.publish import route
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
 if not EXAMPLES.exists():
@@ -187,8 +187,8 @@ def test_processor_restored_mid_stream_from_its_changelogs_continues_identically
     """Settled visits are paged out to the visits store (and its changelog) and paged back
     in for a payment or refund; a core rebuilt from the compacted changelogs half-way gives
     the same outputs as one that never stopped, and file mode's."""
-    from streams.cores import HOUSEHOLDS_STORE, VISITS_STORE
-    from streams.stores import KVStore, MemoryStore, RocksMemory, RocksStore
+    from yibao.streams.cores import HOUSEHOLDS_STORE, VISITS_STORE
+    from yibao.streams.stores import KVStore, MemoryStore, RocksMemory, RocksStore
 
     memory = RocksMemory(8)
 
@@ -277,7 +277,7 @@ def test_events_before_registration_are_handed_over_to_the_household() -> None:
     household, which must know the visit — as file mode does."""
     import json
 
-    from tests.helpers_events import charged, closed, item, opened, registered
+    from yibao.dev.events import charged, closed, item, opened, registered
 
     events = [
         registered("P-MOM", "H-1", scheme="employee", balance=50_000),
@@ -299,7 +299,7 @@ def test_events_before_registration_are_handed_over_to_the_household() -> None:
 def test_stash_of_a_person_never_registered_expires_with_the_window() -> None:
     import json
 
-    from tests.helpers_events import envelope, opened
+    from yibao.dev.events import envelope, opened
 
     seq = SequencerCore(window=dt.timedelta(days=30))
     seq.assign(0)
@@ -309,7 +309,7 @@ def test_stash_of_a_person_never_registered_expires_with_the_window() -> None:
                      date_of_death="2025-04-14")
     for i, e in enumerate((first, later)):
         seq.process(Record(TP("t", 0), i, 0, i, None, json.dumps(e).encode()), changes)
-    from streams.cores import STASH_STORE
+    from yibao.streams.cores import STASH_STORE
 
     stash_changes = [(k, v) for store, _p, k, v in changes if store == STASH_STORE]
     assert stash_changes[0][0] == b"P-GHOST" and stash_changes[0][1] is not None
@@ -378,7 +378,7 @@ def test_records_below_the_restored_position_are_never_processed_twice() -> None
     restored position while that fetch is in flight; the stage drops what is below it."""
     from types import SimpleNamespace
 
-    from streams.runtime import (
+    from yibao.streams.runtime import (
         Position,
         TxnStage,
         decode_position,
@@ -402,7 +402,7 @@ def test_a_publisher_hole_that_never_fills_is_skipped_once_and_costs_nothing_aft
     """A crashed publisher leaves a hole in its numbering; beyond AHEAD_MAX released seqs
     above it, the merge goes on from there. Nothing below ``next`` may stay behind in
     ``ahead``: it used to, and every later overflow walked back to it (a 30 s stall)."""
-    from streams.merge import AHEAD_MAX, PublisherSeq
+    from yibao.streams.merge import AHEAD_MAX, PublisherSeq
 
     pub = PublisherSeq(next=0)
     pub.released(0)
@@ -508,7 +508,7 @@ def test_a_ledger_partition_is_fused_only_once_the_processor_has_read_all_it_was
     whose earlier records the processor has not committed would skip them."""
     from aiokafka import TopicPartition
 
-    from streams.sequencer import to_fuse
+    from yibao.streams.sequencer import to_fuse
 
     tp = [TopicPartition("p-ledger", i) for i in range(4)]
     assigned = set(tp)

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(default="auto", description="auto: JSON lines unless stderr is a terminal.")
     log_level: LogLevel = "info"
 
-    # How every Kafka client authenticates and encrypts (yibao.kafka_security builds the
+    # How every Kafka client authenticates and encrypts (yibao.streams.kafka.options builds the
     # aiokafka options from these). PLAINTEXT is for the local development broker only.
     kafka_security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT", description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS)."

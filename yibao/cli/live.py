@@ -22,7 +22,7 @@ def topics() -> None:
 def topics_create(settings: Settings) -> None:
     """Create every topic that doesn't exist yet, with YIBAO_PARTITIONS partitions
     (idempotent); ledger and settlements are kept forever."""
-    from streams.topics import create_all_sync
+    from yibao.streams.topics import create_all_sync
 
     names = create_all_sync(settings)
     click.echo(f"{len(names)} topics ready ({settings.partitions} partitions each): "
@@ -38,8 +38,8 @@ def publish(settings: Settings, events: Path, create_topics: bool) -> None:
     """Publish EVENTS.jsonl in file order: each line to its type's topic, key person_id,
     record timestamp occurred_at. Lines that cannot be routed go to registrations, where
     the sequencer dead-letters them with their origin."""
-    from streams.publish import publish_file
-    from streams.topics import create_all_sync
+    from yibao.streams.publish import publish_file
+    from yibao.streams.topics import create_all_sync
 
     if create_topics:
         create_all_sync(settings)
@@ -59,8 +59,8 @@ def publish(settings: Settings, events: Path, create_topics: bool) -> None:
 def export(settings: Settings, topic: str, out: str, timeout: float) -> None:
     """Write TOPIC (a short name like `settlements`, or a full topic name) from the
     beginning to its current end, committed records only, as JSONL to OUT."""
-    from streams.publish import export_topic
-    from streams.topics import INPUTS, Topics
+    from yibao.streams.publish import export_topic
+    from yibao.streams.topics import INPUTS, Topics
 
     t = Topics.of(settings)
     short = {*INPUTS, "ledger", "settlements", "deadletter"}
@@ -116,7 +116,7 @@ def worker(settings: Settings, worker_id: str, merge_wait_ms: int, dedup_window_
            transaction_timeout_ms: int, store: str, state_dir: str, store_cache_mb: int,
            fuse: bool) -> None:
     """Run the sequencer and the settlement processor (exactly-once, Kafka transactions)."""
-    from streams.worker import WorkerOptions, main
+    from yibao.streams.worker import WorkerOptions, main
 
     main(settings, WorkerOptions(
         worker_id=worker_id, merge_wait_ms=merge_wait_ms,
@@ -137,8 +137,8 @@ def books(settings: Settings) -> None:
     they do not balance."""
     import asyncio
 
-    from streams.cores import SequencerCounts
-    from streams.sequencer import read_books
+    from yibao.streams.cores import SequencerCounts
+    from yibao.streams.sequencer import read_books
 
     per = asyncio.run(read_books(settings))
     total = SequencerCounts()

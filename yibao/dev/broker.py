@@ -3,7 +3,7 @@
 The jars come from Maven Central through ``kafka/pom.xml`` (``make setup``) into
 ``var/kafka/libs``; config, data and logs of the broker on port P live in
 ``var/kafka/P/``. Used by ``yibao kafka up|down|status``, ``make kafka-up`` and the test
-fixture; also ``python -m yibao.broker up|down|status``.
+fixture; also ``python -m yibao kafka up|down|status``.
 
 Readiness is a real Kafka request (Metadata) answered with at least one broker, never a sleep.
 """
@@ -18,7 +18,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ __all__ = [
     "project_root",
 ]
 
-log = get_logger("yibao.broker")
+log = get_logger("yibao.dev.broker")
 
 
 class BrokerError(RuntimeError):
@@ -47,7 +46,7 @@ class BrokerError(RuntimeError):
 
 def project_root() -> Path:
     """The checkout yibao runs from (where ``kafka/pom.xml`` is), else the current directory."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     if (here / "kafka" / "pom.xml").is_file():
         return here
     return Path.cwd()
@@ -163,7 +162,7 @@ class BrokerConfig:
     libs: Path = field(default_factory=lambda: project_root() / "var" / "kafka" / "libs")
     heap: str = "2g"
     # An optional second client listener, SASL_SSL with SCRAM-SHA-256/512 (tests of client
-    # security; see yibao.testing.secured_kafka). Inter-broker and controller traffic stay on
+    # security; see yibao.dev.testing.secured_kafka). Inter-broker and controller traffic stay on
     # the PLAINTEXT listeners of this single node.
     secure_port: int = 0
     """0: no SASL_SSL listener."""
@@ -278,7 +277,7 @@ def _server_properties(c: BrokerConfig) -> str:
         advertised += f",SASL_SSL://{c.host}:{c.secure_port}"
         protocols += ",SASL_SSL:SASL_SSL"
     return f"""\
-# Written by yibao.broker for a single-node KRaft dev/test broker. Do not edit: regenerated
+# Written by yibao.dev.broker for a single-node KRaft dev/test broker. Do not edit: regenerated
 # on every `yibao kafka up`.
 process.roles=broker,controller
 node.id=1
@@ -597,9 +596,3 @@ def _mem_bytes(size: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     s = size.strip().lower()
     return int(s[:-1]) * units[s[-1]] if s[-1] in units else int(s)
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m yibao.broker up|down|status`
-    from yibao.cli import main
-
-    main(["kafka", *sys.argv[1:]], prog_name="python -m yibao.broker")

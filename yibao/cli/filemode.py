@@ -17,10 +17,10 @@ from typing import IO
 import click
 import msgspec
 
-from rules.engine import Engine
-from rules.exceptions import PolicyError
-from rules.fold import DeadLetter, Deduplicator, Fold
-from rules.policy import load_policy
+from yibao.rules.engine import Engine
+from yibao.rules.exceptions import PolicyError
+from yibao.rules.fold import DeadLetter, Deduplicator, Fold
+from yibao.rules.policy import load_policy
 
 _FLUSH_BYTES = 1 << 20
 _FREEZE_EVERY = 20_000
@@ -138,7 +138,7 @@ def schema() -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 def schema_export(directory: str) -> None:
     """Write one JSON Schema file per event type into DIRECTORY."""
-    from schemas.jsonschema import schemas
+    from yibao.schemas.jsonschema import schemas
 
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,6 @@ __all__ = [
     "bootstrap_of",
     "client_options",
     "describe",
-    "faust_credentials",
     "probe",
     "security_env",
     "ssl_context",
@@ -130,26 +129,6 @@ def security_env(settings: Settings) -> dict[str, str]:
     # Unset ones as "" (read as unset), so a stray variable of the parent's doesn't leak in.
     env.update({k: "" if v is None else str(v) for k, v in optional.items()})
     return env
-
-
-def faust_credentials(settings: Settings) -> Any:
-    """``broker_credentials`` for a faust app (the smoke demo): the same security as
-    :func:`client_options`, or None for PLAINTEXT."""
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    import faust  # heavy; only the smoke demo needs it
-
-    context = ssl_context(settings) if protocol in ("SSL", "SASL_SSL") else None
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    assert settings.kafka_sasl_password is not None
-    return faust.SASLCredentials(
-        username=settings.kafka_sasl_username,
-        password=settings.kafka_sasl_password.get_secret_value(),
-        ssl_context=context,
-        mechanism=settings.kafka_sasl_mechanism,
-    )
 
 
 class KafkaAccessError(ConnectionError):

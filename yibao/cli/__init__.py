@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from yibao.broker import BrokerConfig, BrokerError, LocalBroker
+from yibao.dev.broker import BrokerConfig, BrokerError, LocalBroker
 from yibao.logging import configure as configure_logging
 from yibao.settings import Settings
 
@@ -89,7 +89,7 @@ def kafka_check(settings: Settings, timeout: float) -> None:
     whether it works, and if not, why; exit 1 on failure."""
     import asyncio
 
-    from yibao.kafka_security import KafkaAccessError, KafkaSecurityError, probe
+    from yibao.streams.kafka.options import KafkaAccessError, KafkaSecurityError, probe
 
     try:
         click.echo(asyncio.run(probe(settings, timeout)))
@@ -109,7 +109,7 @@ def kafka_check(settings: Settings, timeout: float) -> None:
 def smoke(settings: Settings, events: int, keys: int, timeout: float) -> None:
     """End-to-end smoke run: produce events, count them per key in a faust-streaming worker,
     read the counts back from Kafka and check them."""
-    from streams.smoke import run_smoke
+    from yibao.dev.smoke import run_smoke
 
     result = run_smoke(settings, events=events, keys=keys, timeout=timeout)
     click.echo(result.report())
@@ -176,7 +176,7 @@ def generate(
     """Write a realistic synthetic event log (JSONL, events.md schema_version 1), sorted by
     occurred_at: enrollment, visits, charges, checkouts, payments, refunds, rule-violating
     events, exact duplicates and malformed lines. Deterministic for a seed."""
-    from yibao.generate import GenerateConfig, generate_to_path
+    from yibao.dev.generate import GenerateConfig, generate_to_path
 
     cfg = GenerateConfig(
         households=households, seed=seed, start=date_from.date(), end=date_to.date(), bad_rate=bad_rate
@@ -190,21 +190,21 @@ def generate(
 
 # -- file mode ----------------------------------------------------------------------------
 
-from yibao.filemode import schema, settle  # noqa: E402
+from yibao.cli.filemode import schema, settle  # noqa: E402
 
 main.add_command(settle)
 main.add_command(schema)
 
 # -- live pipeline (issue 4) ----------------------------------------------------------------
 
-from yibao.livecli import books, export, publish, topics, worker  # noqa: E402
+from yibao.cli.live import books, export, publish, topics, worker  # noqa: E402
 
 for _command in (topics, publish, export, worker, books):
     main.add_command(_command)
 
 # -- projections, replay, audits, reports (issue 5) -------------------------------------------
 
-from yibao.projcli import COMMANDS as _PROJECTION_COMMANDS  # noqa: E402
+from yibao.cli.projections import COMMANDS as _PROJECTION_COMMANDS  # noqa: E402
 
 for _command in _PROJECTION_COMMANDS:
     main.add_command(_command)

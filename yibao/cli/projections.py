@@ -56,11 +56,11 @@ def project(settings: Settings, db: Path | None, snapshot_every: float, max_wait
     """Project ledger, settlements and deadletter into DuckDB, live and exactly once: each
     batch and the next offsets are one DuckDB transaction; a restart resumes from them.
     SIGTERM / Ctrl-C stops it cleanly (SIGKILL is safe too)."""
-    from projections.runner import RunOptions, run
-    from projections.store import Store, snapshot_path
-    from projections.transform import Transform
-    from streams.topics import create_all
     from yibao.logging import get_logger
+    from yibao.projections.runner import RunOptions, run
+    from yibao.projections.store import Store, snapshot_path
+    from yibao.projections.transform import Transform
+    from yibao.streams.topics import create_all
 
     log = get_logger("yibao.project")
     path = db or settings.duckdb_path
@@ -116,10 +116,10 @@ def replay(settings: Settings, into: Path, until: str | None, policy_path: str |
            max_records: int, quiet: bool) -> None:
     """Rebuild every projection from offset 0 of the log (fast batch path: aiokafka getmany,
     msgspec, Arrow) up to the end offsets at start."""
-    from projections.runner import RunOptions, run
-    from projections.store import Store
-    from projections.transform import Transform
-    from rules.policy import load_policy
+    from yibao.projections.runner import RunOptions, run
+    from yibao.projections.store import Store
+    from yibao.projections.transform import Transform
+    from yibao.rules.policy import load_policy
 
     for p in (into, into.with_name(into.name + ".wal")):
         p.unlink(missing_ok=True)
@@ -151,7 +151,7 @@ def replay(settings: Settings, into: Path, until: str | None, policy_path: str |
 def verify(a: str, b: str, rows: int) -> None:
     """Compare two projection files table by table (row counts and checksums, then the first
     differing rows); exit 1 unless identical."""
-    from projections.audit import verify as run_verify
+    from yibao.projections.audit import verify as run_verify
 
     res = run_verify(a, b, rows=rows)
     for name, n, checksum in res.compared:
@@ -178,8 +178,8 @@ def verify(a: str, b: str, rows: int) -> None:
 def reconcile(settings: Settings, policy_path: str | None, limit: int) -> None:
     """Re-run the pure engine over the ledger and compare with the recorded settlements,
     listing every difference; exit 1 if there is one."""
-    from projections.audit import reconcile as run_reconcile
-    from rules.policy import load_policy
+    from yibao.projections.audit import reconcile as run_reconcile
+    from yibao.rules.policy import load_policy
 
     try:
         res = run_reconcile(settings, load_policy(policy_path) if policy_path else None)
@@ -198,8 +198,8 @@ def _query_cmd(settings: Settings, db: Path | None, query: str, csv: str | None,
                parquet: str | None) -> None:
     import duckdb
 
-    from projections.reports import export
-    from projections.store import open_for_query
+    from yibao.projections.reports import export
+    from yibao.projections.store import open_for_query
 
     try:
         with open_for_query(db, settings.duckdb_path) as (con, path):
@@ -228,7 +228,7 @@ def sql(settings: Settings, query: str, db: Path | None, csv: str | None,
         return
     import duckdb
 
-    from projections.access import RegionError, open_region_for_query, write_result
+    from yibao.projections.access import RegionError, open_region_for_query, write_result
 
     try:
         con, path = open_region_for_query(db, settings.duckdb_path, region)
@@ -264,7 +264,7 @@ _date = click.DateTime(formats=["%Y-%m-%d"])
 def report_funds(settings: Settings, region: str, start: dt.datetime, end: dt.datetime,
                  db: Path | None, csv: str | None, parquet: str | None) -> None:
     """What each fund paid for persons insured in REGION, by scheme, between two days."""
-    from projections.reports import funds_query
+    from yibao.projections.reports import funds_query
 
     _query_cmd(settings, db, funds_query(region, start.date(), end.date()), csv, parquet)
 
@@ -279,7 +279,7 @@ def report_funds(settings: Settings, region: str, start: dt.datetime, end: dt.da
 def report_clearing(settings: Settings, region: str, month: str, db: Path | None,
                     csv: str | None, parquet: str | None) -> None:
     """Cross-region clearing of a month: what REGION owes treatment regions, and is owed."""
-    from projections.reports import clearing_query
+    from yibao.projections.reports import clearing_query
 
     _query_cmd(settings, db, clearing_query(region, month), csv, parquet)
 
@@ -293,7 +293,7 @@ def report_clearing(settings: Settings, region: str, month: str, db: Path | None
 def report_policy_impact(base: str, whatif: str, csv: str | None, parquet: str | None,
                          rows: int) -> None:
     """Fund cost deltas (WHATIF - BASE) per fund, insured region, scheme and month."""
-    from projections.reports import (
+    from yibao.projections.reports import (
         attach_pair,
         export,
         policy_impact_query,
@@ -319,8 +319,8 @@ def report_policy_impact(base: str, whatif: str, csv: str | None, parquet: str |
 def explain(settings: Settings, person: str, visit: str, db: Path | None) -> None:
     """Print the settlement(s) of VISIT of PERSON (a person id: it is pseudonymized with
     YIBAO_PSEUDONYM_KEY to find the rows) with every amount and its trace."""
-    from projections.reports import explain as run_explain
-    from projections.store import open_for_query
+    from yibao.projections.reports import explain as run_explain
+    from yibao.projections.store import open_for_query
 
     with open_for_query(db, settings.duckdb_path) as (con, _path):
         click.echo(run_explain(con, settings.pseudonym_key, person, visit))
@@ -333,8 +333,8 @@ def explain(settings: Settings, person: str, visit: str, db: Path | None) -> Non
 @click.pass_obj
 def chart(settings: Settings, out: str, region: str | None, db: Path | None) -> None:
     """Write a chart of daily fund payouts by fund (HTML with inline SVG)."""
-    from projections.reports import write_chart
-    from projections.store import open_for_query
+    from yibao.projections.reports import write_chart
+    from yibao.projections.store import open_for_query
 
     with open_for_query(db, settings.duckdb_path) as (con, _path):
         click.echo(f"chart written: {write_chart(con, out, region)}")
@@ -343,12 +343,12 @@ def chart(settings: Settings, out: str, region: str | None, db: Path | None) -> 
 @click.command("projection-schema")
 def projection_schema() -> None:
     """Print the DuckDB DDL of every projection table and view, with their documentation."""
-    from projections.schema import ddl
+    from yibao.projections.schema import ddl
 
     click.echo(ddl())
 
 
-from yibao.demo import demo  # noqa: E402
+from yibao.dev.demo import demo  # noqa: E402
 
 COMMANDS = (project, replay, verify, reconcile, sql, report, explain, chart, projection_schema,
             demo)

@@ -5,7 +5,7 @@ Flags never change money; they are ``AuditFlagRaised`` outputs a bureau's audito
 
 from __future__ import annotations
 
-from schemas.events import AuditFlagRaised, ClaimSettled
+from yibao.schemas.events import AuditFlagRaised, ClaimSettled
 
 #: A general outpatient claim above this total (fen) is unusual enough to look at.
 LARGE_OUTPATIENT_FEN = 500_000

@@ -2,7 +2,7 @@
 
 Why mutable slotted classes rather than frozen values: the fold applies ~10^5 events a
 second and copying a person's state per event would dominate. Ownership makes it safe:
-only ``rules.engine.evolve`` mutates state, ``decide`` only reads it, and a stream processor
+only ``yibao.rules.engine.evolve`` mutates state, ``decide`` only reads it, and a stream processor
 persists the household state after ``evolve`` (the table is the durable copy).
 
 State is keyed by person; a household is just the set of persons sharing a
@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import msgspec
 
-from schemas.events import Amounts, PersonRegistered, VisitOpened
+from yibao.schemas.events import Amounts, PersonRegistered, VisitOpened
 
 T = TypeVar("T")
 

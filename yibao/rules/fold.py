@@ -12,11 +12,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from rules.engine import Engine
-from rules.state import State
-from schemas.codec import Codec
-from schemas.events import InputEvent, OutputEvent
-from schemas.exceptions import SchemaError
+from yibao.rules.engine import Engine
+from yibao.rules.state import State
+from yibao.schemas.codec import Codec
+from yibao.schemas.events import InputEvent, OutputEvent
+from yibao.schemas.exceptions import SchemaError
 
 DEFAULT_DEDUP_WINDOW = dt.timedelta(days=30)
 

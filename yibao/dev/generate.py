@@ -17,8 +17,8 @@ and a household's timeline is consistent (registration before visits; a visit's 
 its charges before its checkout before its payments and refunds).
 
 Each household's events go through the settlement engine as they are made (decoded by the
-contract's codec, decided and evolved by :class:`rules.engine.Engine` under the national
-default policy, on a :class:`rules.state.State` of the household's own: what the live
+contract's codec, decided and evolved by :class:`yibao.rules.engine.Engine` under the national
+default policy, on a :class:`yibao.rules.state.State` of the household's own: what the live
 processor keeps per household key). Payments and repayments are sized from that state, so
 most are accepted and the rejected ones are the deliberate ones (over-payments, deposits
 before checkout, credit without a line or over the limit, repayments above the balance).
@@ -55,11 +55,11 @@ from typing import IO, Any, NamedTuple
 
 import msgspec
 
-from rules.engine import Engine
-from rules.policy import load_policy
-from rules.state import Person, State, Visit
-from schemas.codec import Codec
-from schemas.events import ClaimSettled, OutputEvent
+from yibao.rules.engine import Engine
+from yibao.rules.policy import load_policy
+from yibao.rules.state import Person, State, Visit
+from yibao.schemas.codec import Codec
+from yibao.schemas.events import ClaimSettled, OutputEvent
 
 Event = dict[str, Any]
 Action = Callable[[int, Any], "Event | None"]
@@ -462,7 +462,7 @@ class _Visit:
 
 class _Person:
     """What the generator plans for a person. What the processors hold about them is the
-    engine's :class:`rules.state.Person`, in the household's state."""
+    engine's :class:`yibao.rules.state.Person`, in the household's state."""
 
     def __init__(self, pid: str, idx: int) -> None:
         self.pid = pid

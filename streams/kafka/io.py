@@ -1,10 +1,10 @@
 """Small async helpers around aiokafka: create topics, produce records, read them back.
 
-Used by the smoke demo (``yibao smoke``), the tests, the bulk publishers (``streams.publish``,
-``projections.simulate``) and any tool that needs to poke a topic.
+Used by the smoke demo (``yibao smoke``), the tests, the bulk publishers (``yibao.streams.publish``,
+``yibao.projections.simulate``) and any tool that needs to poke a topic.
 Keys and values are bytes (or str, encoded as UTF-8); serialization is the caller's business.
 ``bootstrap`` is a ``"host:port"`` string (PLAINTEXT) or the ``Settings`` (with their
-security options, see :mod:`yibao.kafka_security`).
+security options, see :mod:`yibao.streams.kafka.options`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from yibao.kafka_security import KafkaTarget, client_options
+from yibao.streams.kafka.options import KafkaTarget, client_options
 
 __all__ = ["SendWindow", "as_bytes", "consume", "create_topics", "produce"]
 
@@ -93,8 +93,8 @@ class SendWindow:
     never awaiting would hold every future of a long input and report a failed delivery
     only at the end; every ``size`` sends the caller waits for all of them (so memory stays
     bounded and an error surfaces within ``size`` records) and ``on_progress`` hears how many
-    were delivered. Why here: ``streams.publish`` (the input topics) and
-    ``projections.simulate`` (the output topics) both bulk-publish this way; ``yibao`` is
+    were delivered. Why here: ``yibao.streams.publish`` (the input topics) and
+    ``yibao.projections.simulate`` (the output topics) both bulk-publish this way; ``yibao`` is
     below both packages already, while a home in either would add an import between them.
     """
 

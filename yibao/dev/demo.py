@@ -24,9 +24,9 @@ from yibao.settings import Settings
 
 def _expected(log: Path) -> dict[str, int]:
     """What the projection must hold once everything is settled: file mode's counts."""
-    from rules.engine import Engine
-    from rules.fold import Fold
-    from rules.policy import load_policy
+    from yibao.rules.engine import Engine
+    from yibao.rules.fold import Fold
+    from yibao.rules.policy import load_policy
 
     fold = Fold(Engine(load_policy()))
     with log.open("rb") as f:
@@ -61,13 +61,13 @@ def _projected(snapshot: Path) -> dict[str, int] | None:
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "yibao.cli", *args],
+        return subprocess.Popen([sys.executable, "-m", "yibao", *args],
                                 env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
-    from streams.worker import terminate
+    from yibao.streams.worker import terminate
 
     return terminate(proc, 30.0)
 
@@ -86,11 +86,11 @@ def demo(settings: Settings, households: int, month: str, seed: int, workdir: Pa
     """Broker, worker and projector up; a generated month published; reports and a chart."""
     import duckdb
 
-    from projections.reports import clearing_query, funds_query, write_chart
-    from projections.store import snapshot_path
-    from streams.publish import publish_file
-    from streams.topics import create_all_sync
-    from yibao.generate import GenerateConfig, generate_to_path
+    from yibao.dev.generate import GenerateConfig, generate_to_path
+    from yibao.projections.reports import clearing_query, funds_query, write_chart
+    from yibao.projections.store import snapshot_path
+    from yibao.streams.publish import publish_file
+    from yibao.streams.topics import create_all_sync
 
     workdir.mkdir(parents=True, exist_ok=True)
     first = dt.date.fromisoformat(month + "-01")

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules import audit
-from rules.policy import Policy, PolicyVersion, SchemePolicy
-from rules.state import Person, Settlement, State, Visit, in_force
-from schemas import events as ev
-from schemas.events import (
+from yibao.rules import audit
+from yibao.rules.policy import Policy, PolicyVersion, SchemePolicy
+from yibao.rules.state import Person, Settlement, State, Visit, in_force
+from yibao.schemas import events as ev
+from yibao.schemas.events import (
     Amounts,
     ClaimRejected,
     ClaimReversed,
@@ -659,7 +659,7 @@ class Engine:
             # Literal per settlement.md: the remaining deductible is *not* floored at zero.
             # After a category change (marginal -> low_income) it is negative, and the
             # contract's expected outputs pay assistance above the out-of-pocket; we keep
-            # the contract and raise an audit flag (rules.audit) for the bureau to review.
+            # the contract and raise an audit flag (yibao.rules.audit) for the bureau to review.
             aded = min(rest, ap.deductible - dused)
             apaid = acc.get("assistance_paid", 0)
             raw = pct(rest - aded, ap.rate)

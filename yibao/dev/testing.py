@@ -1,13 +1,13 @@
 """Helpers for testing code that runs on Kafka: a broker for the test session, unique topic
 namespaces, and async produce/consume/create-topic helpers (re-exported from
-:mod:`yibao.kafka_io`).
+:mod:`yibao.streams.kafka.io`).
 
 ``kafka_for_tests()`` finds a broker, in this order:
 
 1. ``YIBAO_BOOTSTRAP_SERVERS`` if set: an existing cluster, used as it is;
 2. a testcontainers ``KafkaContainer`` if a Docker engine answers (skipped with
    ``YIBAO_TEST_KAFKA=local``);
-3. the local JVM broker of :mod:`yibao.broker` (``make setup`` fetched its jars): reused if
+3. the local JVM broker of :mod:`yibao.dev.broker` (``make setup`` fetched its jars): reused if
    already running, else started, and then stopped at the end.
 """
 
@@ -28,10 +28,10 @@ from urllib.parse import urlparse
 
 from pydantic import SecretStr
 
-from yibao.broker import BrokerConfig, LocalBroker, project_root
-from yibao.kafka_io import consume, create_topics, produce
+from yibao.dev.broker import BrokerConfig, LocalBroker, project_root
 from yibao.logging import get_logger
 from yibao.settings import Settings
+from yibao.streams.kafka.io import consume, create_topics, produce
 
 __all__ = [
     "consume",
@@ -44,7 +44,7 @@ __all__ = [
     "unique_prefix",
 ]
 
-log = get_logger("yibao.testing")
+log = get_logger("yibao.dev.testing")
 
 DEFAULT_TEST_IMAGE = "confluentinc/cp-kafka:7.9.0"  # Kafka 3.9
 
@@ -69,7 +69,7 @@ async def delete_topics_with_prefixes(bootstrap: str, prefixes: list[str]) -> in
     """
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from yibao.kafka_security import client_options
+    from yibao.streams.kafka.options import client_options
 
     if not prefixes:
         return 0

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rules.exceptions import PolicyError
+from yibao.rules.exceptions import PolicyError
 
 Bp = int  # basis points
 
@@ -262,7 +262,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     """Load a policy TOML file; the default national policy when ``path`` is None."""
     try:
         if path is None:
-            text = resources.files("rules").joinpath("national.toml").read_text("utf-8")
+            text = resources.files("yibao.rules").joinpath("national.toml").read_text("utf-8")
             where = "national.toml"
         else:
             text = Path(path).read_text("utf-8")

@@ -7,7 +7,7 @@ id ``<prefix>smoke``, so runs with different ``YIBAO_TOPIC_PREFIX`` never interf
 
 Run a worker (settings from ``YIBAO_*``)::
 
-    python -m streams.smoke worker --without-web -l warning
+    python -m yibao.dev.smoke worker --without-web -l warning
 
 or the whole round trip (topics, events, worker, check) with ``yibao smoke`` / ``make demo``.
 """
@@ -30,12 +30,30 @@ from typing import Any
 
 import faust
 
-from yibao.kafka_io import consume, create_topics, produce
-from yibao.kafka_security import faust_credentials, security_env
 from yibao.settings import Settings
+from yibao.streams.kafka.io import consume, create_topics, produce
+from yibao.streams.kafka.options import security_env, ssl_context
 
 __all__ = ["SmokeResult", "create_app", "in_topic", "out_topic", "run_smoke", "start_worker"]
 
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """``broker_credentials`` for a faust app (the smoke demo): the same security as
+    :func:`client_options`, or None for PLAINTEXT."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl_context(settings) if protocol in ("SSL", "SASL_SSL") else None
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    assert settings.kafka_sasl_password is not None
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        ssl_context=context,
+        mechanism=settings.kafka_sasl_mechanism,
+    )
 
 def in_topic(settings: Settings) -> str:
     return f"{settings.topic_prefix}smoke.in"
@@ -79,7 +97,7 @@ def create_app(settings: Settings, *, datadir: str | Path | None = None) -> faus
 def start_worker(
     settings: Settings, *, log_file: Path, cwd: Path | None = None, loglevel: str = "warn"
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m streams.smoke worker`` in a subprocess configured by ``settings``."""
+    """Start ``python -m yibao.dev.smoke worker`` in a subprocess configured by ``settings``."""
     env = {
         **os.environ,
         "YIBAO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
@@ -89,7 +107,7 @@ def start_worker(
     }
     with log_file.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.smoke", "worker", "--without-web", "-l", loglevel],
+            [sys.executable, "-m", "yibao.dev.smoke", "worker", "--without-web", "-l", loglevel],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -100,7 +118,7 @@ def start_worker(
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
     """SIGTERM (faust shuts down cleanly), SIGKILL after ``timeout``; return the exit code."""
-    from streams.worker import terminate
+    from yibao.streams.worker import terminate
 
     return terminate(proc, timeout)
 
@@ -194,5 +212,5 @@ def run_smoke(
     return result
 
 
-if __name__ == "__main__":  # `python -m streams.smoke worker ...`
+if __name__ == "__main__":  # `python -m yibao.dev.smoke worker ...`
     create_app(Settings()).main()
