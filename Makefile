@@ -12,7 +12,7 @@ KAFKA_LIBS := var/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live smoke bench-replay chaos soak
+.PHONY: wheel-check help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live smoke bench-replay chaos soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -92,3 +92,6 @@ clean: kafka-down-quiet ## remove .venv and var/ (broker data, jars), caches
 .PHONY: kafka-down-quiet
 kafka-down-quiet:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m yibao kafka down || true; fi
+
+wheel-check: ## build the wheel, install it in a fresh venv, show it makes `yibao` importable and nothing else
+	bash .ci/wheel-check
