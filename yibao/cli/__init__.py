@@ -1,12 +1,11 @@
 """The `yibao` command line.
 
-Every option can also be set from a ``YIBAO_*`` environment variable, shown in ``--help``
-(``auto_envvar_prefix`` + ``show_default``), so a container or CI job configures yibao the
-same way an operator at a terminal does.
-
 The group callback builds the one :class:`~yibao.settings.Settings` object from the
-environment, configures logging and puts the settings in ``ctx.obj``: subcommands take it
-with ``@click.pass_obj``.
+``YIBAO_*`` environment, configures logging and puts the settings in ``ctx.obj``: subcommands
+take it with ``@click.pass_obj``. An option that a variable also sets is a
+:func:`~yibao.settings.setting_option`: its default is that settings field, and ``--help``
+shows the variable and its current value, so a container or CI job configures yibao the same
+way an operator at a terminal does.
 """
 
 from __future__ import annotations
@@ -16,10 +15,9 @@ from pydantic import ValidationError
 
 from yibao.dev.broker import BrokerConfig, BrokerError, LocalBroker
 from yibao.logging import configure as configure_logging
-from yibao.settings import Settings
+from yibao.settings import Settings, setting_option
 
 CONTEXT = {
-    "auto_envvar_prefix": "YIBAO",
     "show_default": True,
     "help_option_names": ["-h", "--help"],
 }
@@ -127,46 +125,26 @@ import datetime as _dt  # noqa: E402
     "--households",
     type=click.IntRange(min=1),
     default=100,
-    show_envvar=True,
     help="Households to simulate (1-5 persons each, ~96 events per household-year).",
 )
 @click.option(
     "--seed",
     type=int,
     default=1,
-    show_envvar=True,
     help="Random seed: the same arguments give byte-identical output.",
 )
-@click.option(
-    "--from",
-    "date_from",
-    type=click.DateTime(formats=["%Y-%m-%d"]),
-    default="2025-01-01",
-    show_envvar=True,
-    envvar="YIBAO_GENERATE_FROM",
-    help="First day of the log (UTC+08:00).",
-)
-@click.option(
-    "--to",
-    "date_to",
-    type=click.DateTime(formats=["%Y-%m-%d"]),
-    default="2025-12-31",
-    show_envvar=True,
-    envvar="YIBAO_GENERATE_TO",
-    help="Last day of the log, inclusive.",
-)
+@setting_option("--from", "date_from", setting="generate_from", type=click.DateTime(formats=["%Y-%m-%d"]))
+@setting_option("--to", "date_to", setting="generate_to", type=click.DateTime(formats=["%Y-%m-%d"]))
 @click.option(
     "--bad-rate",
     type=click.FloatRange(0.0, 0.5),
     default=0.001,
-    show_envvar=True,
     help="Fraction of lines that are malformed (dead-letter material).",
 )
 @click.option(
     "--output",
     "-o",
     default="-",
-    show_envvar=True,
     type=click.Path(dir_okay=False, allow_dash=True),
     help="JSONL file to write, or - for stdout.",
 )

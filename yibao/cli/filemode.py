@@ -50,21 +50,18 @@ def dead_letter_record(dl: DeadLetter) -> dict[str, object]:
     "policy_path",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
-    show_envvar=True,
     help="Policy TOML file [default: the national default policy].",
 )
 @click.option(
     "--deadletter",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    show_envvar=True,
     help="Write malformed lines here as JSONL (line, error, raw).",
 )
 @click.option(
     "--dedup-window-days",
     type=click.IntRange(min=1),
     default=30,
-    show_envvar=True,
     help="Event-time window within which a repeated event_id is a duplicate.",
 )
 def settle(

@@ -1,5 +1,6 @@
 """Live-pipeline commands: `yibao topics create`, `yibao publish`, `yibao export`,
-`yibao worker`, `yibao books`. Every option is also read from its ``YIBAO_*`` variable (shown in --help).
+`yibao worker`, `yibao books`. The worker's options are also set by their ``YIBAO_*`` variables
+(settings fields; shown in --help).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from yibao.settings import Settings
+from yibao.settings import Settings, setting_option
 
 
 @click.group()
@@ -31,7 +32,7 @@ def topics_create(settings: Settings) -> None:
 
 @click.command()
 @click.argument("events", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--create-topics/--no-create-topics", default=True, show_envvar=True,
+@click.option("--create-topics/--no-create-topics", default=True,
               help="Create the pipeline's topics first if they don't exist.")
 @click.pass_obj
 def publish(settings: Settings, events: Path, create_topics: bool) -> None:
@@ -53,8 +54,7 @@ def publish(settings: Settings, events: Path, create_topics: bool) -> None:
 @click.command()
 @click.argument("topic")
 @click.argument("out", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--timeout", type=float, default=120.0, show_envvar=True,
-              help="Seconds to reach the end offsets.")
+@click.option("--timeout", type=float, default=120.0, help="Seconds to reach the end offsets.")
 @click.pass_obj
 def export(settings: Settings, topic: str, out: str, timeout: float) -> None:
     """Write TOPIC (a short name like `settlements`, or a full topic name) from the
@@ -77,39 +77,19 @@ def export(settings: Settings, topic: str, out: str, timeout: float) -> None:
 
 
 @click.command()
-@click.option("--worker-id", default="0", show_envvar=True, envvar="YIBAO_WORKER_ID",
-              help="Unique per concurrently running worker (transactional ids derive from it).")
-@click.option("--merge-wait-ms", type=click.IntRange(min=0), default=20, show_envvar=True,
-              envvar="YIBAO_MERGE_WAIT_MS",
-              help="How long the sequencer's event-time merge waits for an idle input "
-                   "partition before releasing (Kafka Streams' max.task.idle.ms).")
-@click.option("--dedup-window-days", type=click.IntRange(min=1), default=30, show_envvar=True,
-              envvar="YIBAO_DEDUP_WINDOW_DAYS",
-              help="Event-time window within which a repeated event_id is a duplicate.")
-@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
-              default=None, show_envvar=True, envvar="YIBAO_POLICY",
-              help="Policy TOML [default: national].")
-@click.option("--stage", "stages", type=click.Choice(["sequencer", "processor"]),
-              multiple=True, default=("sequencer", "processor"), show_envvar=True,
-              envvar="YIBAO_STAGES",
-              help="Which stages to run in this process.")
-@click.option("--transaction-timeout-ms", type=click.IntRange(min=1000), default=10_000,
-              show_envvar=True, envvar="YIBAO_TRANSACTION_TIMEOUT_MS",
-              help="After this, the broker aborts a dead worker's open transaction.")
-@click.option("--store", type=click.Choice(["rocksdb", "memory"]), default="rocksdb",
-              show_envvar=True, envvar="YIBAO_STORE", show_default=True,
-              help="Where settled visits are kept: a local RocksDB store (bounded memory) "
-                   "or a dict (memory grows with every visit ever settled).")
-@click.option("--state-dir", type=click.Path(file_okay=False), default="var/state",
-              show_envvar=True, envvar="YIBAO_STATE_DIR", show_default=True,
-              help="Folder of the local stores (rebuilt from the changelogs at start).")
-@click.option("--store-cache-mb", type=click.IntRange(min=8), default=64, show_envvar=True,
-              envvar="YIBAO_STORE_CACHE_MB", show_default=True,
-              help="RocksDB memory of the worker (block cache and memtables, all partitions).")
-@click.option("--fuse/--no-fuse", default=True, show_envvar=True, envvar="YIBAO_FUSE",
-              show_default=True,
-              help="With both stages here, settle the ledger partitions this worker owns in "
-                   "the sequencer's transaction (one transaction per checkout, not two).")
+@setting_option("--worker-id", setting="worker_id")
+@setting_option("--merge-wait-ms", setting="merge_wait_ms", type=click.IntRange(min=0))
+@setting_option("--dedup-window-days", setting="dedup_window_days", type=click.IntRange(min=1))
+@setting_option("--policy", "policy_path", setting="policy",
+                type=click.Path(dir_okay=False, exists=True))
+@setting_option("--stage", "stages", setting="stages", type=click.Choice(["sequencer", "processor"]),
+                multiple=True)
+@setting_option("--transaction-timeout-ms", setting="transaction_timeout_ms",
+                type=click.IntRange(min=1000))
+@setting_option("--store", setting="store", type=click.Choice(["rocksdb", "memory"]))
+@setting_option("--state-dir", setting="state_dir", type=click.Path(file_okay=False))
+@setting_option("--store-cache-mb", setting="store_cache_mb", type=click.IntRange(min=8))
+@setting_option("--fuse/--no-fuse", setting="fuse")
 @click.pass_obj
 def worker(settings: Settings, worker_id: str, merge_wait_ms: int, dedup_window_days: int,
            policy_path: str | None, stages: tuple[str, ...],

@@ -1,6 +1,6 @@
 """Projection commands: `yibao project`, `replay`, `verify`, `reconcile`, `sql`, `report`,
-`explain`, `chart`, `projection-schema`. Every option is also read from its ``YIBAO_*``
-variable (shown in --help)."""
+`explain`, `chart`, `projection-schema`. Options that a ``YIBAO_*`` variable also sets (settings
+fields) show it in --help."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from yibao.settings import Settings
+from yibao.settings import Settings, setting_option
 
 _DB_HELP = ("Projection file to read [default: YIBAO_DUCKDB_PATH, or its latest snapshot while "
             "the projector holds it].")
@@ -43,11 +43,10 @@ def _progress(label: str, quiet: bool) -> tuple[Any, Any, Any]:
 @click.command()
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Projection file [default: YIBAO_DUCKDB_PATH].")
-@click.option("--snapshot-every", type=click.FloatRange(min=0.1), default=5.0, show_envvar=True,
-              envvar="YIBAO_SNAPSHOT_EVERY",
-              help="Seconds between published snapshots (<db>.snapshot.duckdb) for readers.")
-@click.option("--max-wait-ms", type=click.IntRange(min=1), default=300, show_envvar=True,
-              envvar="YIBAO_PROJECT_MAX_WAIT_MS", help="Write at least this often.")
+@setting_option("--snapshot-every", setting="snapshot_every", type=click.FloatRange(min=0.1),
+                help="Seconds between published snapshots (<db>.snapshot.duckdb) for readers.")
+@setting_option("--max-wait-ms", "max_wait_ms", setting="project_max_wait_ms", type=click.IntRange(min=1),
+                help="Write at least this often.")
 @click.option("--max-records", type=click.IntRange(min=1), default=50_000,
               help="Records per write at most.")
 @click.pass_obj
@@ -170,9 +169,8 @@ def verify(a: str, b: str, rows: int) -> None:
 
 
 @click.command()
-@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
-              default=None, show_envvar=True, envvar="YIBAO_POLICY",
-              help="Policy the pipeline ran with [default: national].")
+@setting_option("--policy", "policy_path", setting="policy", type=click.Path(dir_okay=False, exists=True),
+                help="Policy the pipeline ran with [default: national].")
 @click.option("--limit", type=int, default=50, help="Differences to list at most.")
 @click.pass_obj
 def reconcile(settings: Settings, policy_path: str | None, limit: int) -> None:

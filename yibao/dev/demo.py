@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from yibao.settings import Settings
+from yibao.settings import Settings, setting_option
 
 
 def _expected(log: Path) -> dict[str, int]:
@@ -73,8 +73,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 @click.command()
-@click.option("--households", type=click.IntRange(min=1), default=10_000, show_envvar=True,
-              envvar="YIBAO_DEMO_HOUSEHOLDS")
+@setting_option("--households", setting="demo_households", type=click.IntRange(min=1))
 @click.option("--month", default="2025-03", help="YYYY-MM to generate.")
 @click.option("--seed", type=int, default=1)
 @click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path),
