@@ -228,7 +228,7 @@ def main() -> None:
     args = ap.parse_args()
 
     broker = None
-    if not os.environ.get("YIBAO_BOOTSTRAP_SERVERS"):
+    if not Settings().bootstrap_given:
         # a broker of its own (port --kafka-port): others' test sessions start and stop the
         # dev broker on 9092, which a 30-minute run must not depend on
         os.environ["YIBAO_KAFKA_PORT"] = str(args.kafka_port)

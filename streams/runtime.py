@@ -460,7 +460,9 @@ class TxnStage:
         self.positions: dict[TopicPartition, int] = {}
         self._group_committed_at = 0.0
         self._group_commit: asyncio.Future[None] | None = None
-        stage, _, n = os.environ.get("YIBAO_FAULT_PAUSE_IN_TRANSACTION", "").partition(":")
+        # YIBAO_FAULT_PAUSE_IN_TRANSACTION, from the worker's Settings (cfg.bootstrap)
+        fault = getattr(cfg.bootstrap, "fault_pause_in_transaction", "")
+        stage, _, n = fault.partition(":")
         self._fault_at = int(n) if stage == self.name and n else 0  # see fault_pause()
         # durations (s) of the last steps that did something, for the p50/p99 in the stop log
         self.step_times: deque[float] = deque(maxlen=20_000)

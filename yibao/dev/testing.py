@@ -46,9 +46,6 @@ __all__ = [
 
 log = get_logger("yibao.dev.testing")
 
-DEFAULT_TEST_IMAGE = "confluentinc/cp-kafka:7.9.0"  # Kafka 3.9
-
-
 #: Every prefix handed out in this process, so a test session can delete its topics at the end.
 ISSUED_PREFIXES: list[str] = []
 
@@ -116,20 +113,20 @@ def docker_available(timeout: float = 2.0) -> bool:
 @contextlib.contextmanager
 def kafka_for_tests(settings: Settings | None = None) -> Iterator[str]:
     """Yield a ``host:port`` bootstrap string of a usable broker (see the module docstring)."""
-    explicit = os.environ.get("YIBAO_BOOTSTRAP_SERVERS")
-    if explicit:
-        log.info("kafka.tests.external", bootstrap=explicit)
-        yield explicit
+    settings = settings or Settings()
+    if settings.bootstrap_given:
+        log.info("kafka.tests.external", bootstrap=settings.bootstrap_servers)
+        yield settings.bootstrap_servers
         return
 
-    mode = os.environ.get("YIBAO_TEST_KAFKA", "auto").lower()
+    mode = settings.test_kafka
     if mode in ("auto", "docker") and docker_available():
         try:
             from testcontainers.community.kafka import KafkaContainer
         except ImportError:  # older testcontainers
             from testcontainers.kafka import KafkaContainer
 
-        image = os.environ.get("YIBAO_TEST_KAFKA_IMAGE", DEFAULT_TEST_IMAGE)
+        image = settings.test_kafka_image
         container = (
             KafkaContainer(image)
             .with_kraft()
@@ -145,7 +142,7 @@ def kafka_for_tests(settings: Settings | None = None) -> Iterator[str]:
     if mode == "docker":
         raise RuntimeError("YIBAO_TEST_KAFKA=docker but no Docker engine answers")
 
-    broker = LocalBroker(BrokerConfig.from_settings(settings or Settings()))
+    broker = LocalBroker(BrokerConfig.from_settings(settings))
     _status, started = broker.up()
     log.info("kafka.tests.local", bootstrap=broker.config.bootstrap, started=started)
     try:
