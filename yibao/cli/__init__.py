@@ -5,7 +5,7 @@ The group callback builds the one :class:`~yibao.settings.Settings` object from 
 take it with ``@click.pass_obj``. An option that a variable also sets is a
 :func:`~yibao.settings.setting_option`: its default is that settings field, and ``--help``
 shows the variable and its current value, so a container or CI job configures yibao the same
-way an operator at a terminal does.
+way an operator at a terminal does. `yibao config` lists every variable.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from yibao.dev.broker import BrokerConfig, BrokerError, LocalBroker
 from yibao.logging import configure as configure_logging
-from yibao.settings import Settings, setting_option
+from yibao.settings import Settings, setting_option, show, variable
 
 CONTEXT = {
     "show_default": True,
@@ -33,6 +33,46 @@ def main(ctx: click.Context) -> None:
         raise click.UsageError(f"bad YIBAO_* environment: {e}") from e
     configure_logging(settings)
     ctx.obj = settings
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+CONFIG_DOC = "docs/configuration.md"
+
+
+def config_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """(variable, default, current value, description) of every settings field, secrets masked."""
+    return [(variable(name), show(name, field.default), show(name, getattr(settings, name)),
+             field.description or "")
+            for name, field in Settings.model_fields.items()]
+
+
+def config_markdown() -> str:
+    """docs/configuration.md: every variable, its default and its meaning (no current values)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [f"Every `YIBAO_*` variable, generated from `yibao/settings.py` by "
+             f"`yibao config --markdown > {CONFIG_DOC}` (edit the descriptions there and regenerate).",
+             "", "| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, default, _current, meaning in config_rows(Settings.model_construct()):
+        lines.append(f"| `{name}` | {'`' + cell(default) + '`' if default != '(unset)' else default} "
+                     f"| {cell(meaning)} |")
+    return "\n".join(lines) + "\n"
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help=f"The markdown table of {CONFIG_DOC} (no current values).")
+@click.pass_obj
+def config(settings: Settings, markdown: bool) -> None:
+    """Every YIBAO_* variable: its default, its current value (secrets masked) and its meaning."""
+    if markdown:
+        click.echo(config_markdown(), nl=False)
+        return
+    rows = [("VARIABLE", "DEFAULT", "CURRENT", "MEANING"), *config_rows(settings)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[3])
 
 
 # -- the local Kafka broker -------------------------------------------------------------------
