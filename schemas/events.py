@@ -19,6 +19,8 @@ from msgspec import Meta
 SCHEMA_VERSION = 1
 
 Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+#: An output event id, ``<input event_id>/<n>`` (what a review names as its ``flag_id``).
+OutputId = Annotated[str, Meta(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9._:/-]+$")]
 Region = Annotated[str, Meta(pattern=r"^[0-9]{6}$")]
 Timestamp = Annotated[dt.datetime, Meta(tz=True)]
 Fen = Annotated[int, Meta(ge=0)]
@@ -192,9 +194,15 @@ class ChargeReversed(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknow
 
 
 class VisitClosed(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Checkout or discharge. ``charged_*`` are the hospital's own bill (settlement.md Step 0
+    check 9): given, they must match the visit's current lines, so a checkout that overtook
+    its last charge is refused instead of settled short."""
+
     visit_id: Id
     closed_at: Timestamp
     use_personal_account: bool = True
+    charged_total_fen: Fen | None = None
+    charged_lines: Fen | None = None
 
 
 class VisitRefunded(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -217,6 +225,37 @@ class PaymentMade(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(f"`bank` must be null for a {self.method} payment - at `$.bank`")
 
 
+class PreSettlementRequested(
+    _Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
+    """预结算: what the split would be if the visit closed now; changes no state."""
+
+    visit_id: Id
+    closed_at: Timestamp
+    use_personal_account: bool = True
+    charged_total_fen: Fen | None = None
+    charged_lines: Fen | None = None
+
+
+# --------------------------------------------------------------------- audit review
+
+
+class AuditFlagReviewed(_Tagged, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An auditor's verdict on a flag: no settlement changes, only the case queue and, when
+    confirmed, a recovery in the fund ledger."""
+
+    flag_id: OutputId
+    outcome: Literal["confirmed", "dismissed"]
+    recovered_fen: Fen
+    reviewer: Id
+
+    def __post_init__(self) -> None:
+        if self.outcome == "dismissed" and self.recovered_fen != 0:
+            raise ValueError(
+                "`recovered_fen` must be 0 for a dismissed review - at `$.recovered_fen`"
+            )
+
+
 InputEvent = (
     PersonRegistered
     | AssistanceStatusChanged
@@ -237,6 +276,8 @@ InputEvent = (
     | VisitClosed
     | VisitRefunded
     | PaymentMade
+    | PreSettlementRequested
+    | AuditFlagReviewed
 )
 
 INPUT_TYPES: tuple[type[Base], ...] = InputEvent.__args__  # type: ignore[attr-defined]
@@ -266,6 +307,8 @@ TOPIC_OF: dict[str, str] = {
     "ItemsCharged": "prescriptions",
     "ChargeReversed": "prescriptions",
     "PaymentMade": "payments",
+    "PreSettlementRequested": "visits",
+    "AuditFlagReviewed": "registrations",
 }
 
 
@@ -306,7 +349,9 @@ class _Out(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, forbid_u
     person_id: str
 
 
-class ClaimSettled(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _SettlementFields(_Out, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a settlement says; shared by ``ClaimSettled`` and its preview."""
+
     visit_id: str
     household_id: str
     settlement_seq: int
@@ -322,6 +367,33 @@ class ClaimSettled(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fie
     amounts: Amounts
     family_debits: list[FamilyDebit]
     trace: list[TraceEntry]
+
+
+class ClaimSettled(_SettlementFields, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """A flag a checkout would raise, as listed in ``ClaimPreviewed.audit``."""
+
+    rule: str
+    severity: Literal["info", "warn", "block"]
+    detail: str
+    line_ids: list[str]
+    related_visit_id: str | None
+    amount_fen: int
+
+
+class ClaimPreviewed(
+    _SettlementFields, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
+    audit: list[AuditEntry]
+
+
+class PreviewRejected(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    visit_id: str
+    reason: str
+    detail: str
 
 
 class ClaimRejected(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -357,6 +429,9 @@ class AuditFlagRaised(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_
     severity: Literal["info", "warn", "block"]
     facility_id: str | None = None
     detail: str
+    line_ids: list[str]
+    related_visit_id: str | None
+    amount_fen: int
 
 
 class EventRejected(_Out, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -373,6 +448,35 @@ OutputEvent = (
     | PaymentRejected
     | AuditFlagRaised
     | EventRejected
+    | ClaimPreviewed
+    | PreviewRejected
 )
 
 OUTPUT_TYPES: tuple[type[_Out], ...] = OutputEvent.__args__  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------- tier B (topic audit)
+
+
+class FacilityFlagRaised(
+    msgspec.Struct, tag_field="type", tag=True, frozen=True, kw_only=True,
+    forbid_unknown_fields=True, gc=False,
+):
+    """A pattern across one facility's patients over a window (audit.md "Tier B").
+
+    ``event_id`` derives from rule, facility and window, so a stage that delivers at least
+    once repeats an id, and the projection drops the repeat.
+    """
+
+    event_id: str
+    rule: str
+    severity: Literal["info", "warn", "block"]
+    facility_id: str
+    window_start: dt.date
+    window_end: dt.date
+    count: int
+    amount_fen: int
+    detail: str
+
+
+AUDIT_TYPES: tuple[type[FacilityFlagRaised], ...] = (FacilityFlagRaised,)

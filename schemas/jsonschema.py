@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from yibao.schemas.events import INPUT_TYPES, OUTPUT_TYPES
+from yibao.schemas.events import AUDIT_TYPES, INPUT_TYPES, OUTPUT_TYPES
 
 CROSS_FIELD_RULES = {
     "PersonRegistered": "A resident must have retired=false and personal_account_fen=0.",
@@ -19,13 +19,19 @@ CROSS_FIELD_RULES = {
     "PaymentMade": "bank is required for method credit, else null.",
     "ItemsCharged": "Each item's amount_fen must equal quantity × unit_price_fen.",
     "PrescriptionIssued": "Each item's amount_fen must equal quantity × unit_price_fen.",
+    "AuditFlagReviewed": "recovered_fen must be 0 when outcome is dismissed.",
+    "VisitClosed": "charged_total_fen / charged_lines, when given, must match the visit's "
+    "current lines, else the checkout is rejected CHARGES_MISMATCH.",
 }
 
 
 def schemas() -> dict[str, dict[str, Any]]:
     """One self-contained JSON Schema per event type, keyed by the type tag."""
     out: dict[str, dict[str, Any]] = {}
-    for direction, types in (("input", INPUT_TYPES), ("output", OUTPUT_TYPES)):
+    groups: tuple[tuple[str, tuple[type, ...]], ...] = (
+        ("input", INPUT_TYPES), ("output", OUTPUT_TYPES), ("audit", AUDIT_TYPES)
+    )
+    for direction, types in groups:
         for t in types:
             schema = msgspec.json.schema(t)
             schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

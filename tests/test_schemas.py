@@ -13,7 +13,13 @@ from click.testing import CliRunner
 from yibao.cli import main
 from yibao.dev.events import charged, closed, envelope, item, opened, registered
 from yibao.schemas.codec import Codec
-from yibao.schemas.events import INPUT_TYPES, OUTPUT_TYPES, PaymentMade, VisitClosed
+from yibao.schemas.events import (
+    AUDIT_TYPES,
+    INPUT_TYPES,
+    OUTPUT_TYPES,
+    PaymentMade,
+    VisitClosed,
+)
 from yibao.schemas.exceptions import SchemaError
 
 codec = Codec()
@@ -176,9 +182,36 @@ def test_schema_export_writes_one_schema_per_event(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["schema", "export", str(tmp_path)])
     assert result.exit_code == 0, result.output
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == len(INPUT_TYPES) + len(OUTPUT_TYPES)
+    assert len(files) == len(INPUT_TYPES) + len(OUTPUT_TYPES) + len(AUDIT_TYPES)
     doc = json.loads((tmp_path / "ItemsCharged.schema.json").read_text())
     line = doc["$defs"]["LineItem"]
     assert "amount_fen" in line["required"] and line["additionalProperties"] is False
     assert "quantity × unit_price_fen" in doc["description"]
     assert msgspec.json.decode((tmp_path / "ClaimSettled.schema.json").read_bytes())["title"]
+
+
+def test_a_dismissed_review_recovers_nothing() -> None:
+    from yibao.schemas.codec import Codec
+    from yibao.schemas.exceptions import SchemaError
+
+    review = (
+        b'{"type":"AuditFlagReviewed","event_id":"r1","schema_version":1,'
+        b'"occurred_at":"2025-01-01T00:00:00+08:00","source":"bureau","person_id":"A",'
+        b'"flag_id":"x/1","outcome":"dismissed","recovered_fen":5,"reviewer":"auditor-1"}'
+    )
+    with pytest.raises(SchemaError, match="recovered_fen"):
+        Codec().decode(review)
+    assert Codec().decode(review.replace(b'"recovered_fen":5', b'"recovered_fen":0'))
+
+
+def test_charged_totals_are_optional_on_a_checkout() -> None:
+    from yibao.schemas.codec import Codec
+
+    close = (
+        b'{"type":"VisitClosed","event_id":"c1","schema_version":1,'
+        b'"occurred_at":"2025-01-01T00:00:00+08:00","source":"gw","person_id":"A",'
+        b'"visit_id":"V1","closed_at":"2025-01-01T00:00:00+08:00"}'
+    )
+    event = Codec().decode(close)
+    assert isinstance(event, VisitClosed)
+    assert event.charged_total_fen is None and event.charged_lines is None

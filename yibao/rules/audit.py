@@ -30,6 +30,9 @@ def flags(
                 severity=severity,  # type: ignore[arg-type]
                 facility_id=s.facility_id,
                 detail=detail,
+                line_ids=[],
+                related_visit_id=None,
+                amount_fen=a.basic_fund + a.major_illness + a.assistance,
             )
         )
 

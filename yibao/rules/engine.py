@@ -90,6 +90,7 @@ class Engine:
             ev.VisitClosed: self._visit_closed,
             ev.VisitRefunded: self._visit_refunded,
             ev.PaymentMade: self._payment,
+            ev.AuditFlagReviewed: self._reviewed,
         }
 
     # ------------------------------------------------------------------ the fold
@@ -111,6 +112,12 @@ class Engine:
         if decision.changes:
             self.evolve(state, decision)
         return decision.outputs
+
+    @staticmethod
+    def _reviewed(state: State, e: ev.AuditFlagReviewed) -> Decision:
+        """audit.md: a review never gives an output, not even for an unknown person or flag;
+        it is projected into the case queue straight from the ledger."""
+        return _NOTHING
 
     # ------------------------------------------------------------------ helpers
 
