@@ -12,13 +12,24 @@ KAFKA_LIBS := var/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: wheel-check help setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live smoke bench-replay chaos soak
+.PHONY: wheel-check help system-deps setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live smoke bench-replay chaos soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed $(KAFKA_STAMP) ## .venv + pinned deps + yibao (editable) + Kafka jars; idempotent
+setup: system-deps $(VENV)/.installed $(KAFKA_STAMP) ## .venv + pinned deps + yibao (editable) + Kafka jars + chromium/wrk; idempotent
 	@echo "setup done: $$($(BIN)/python --version), $$(ls $(KAFKA_LIBS)/kafka_2.13-*.jar | xargs -n1 basename)"
+
+# Debian packages the tests and benchmarks drive: headless Chromium opens the reports, wrk is
+# the HTTP load generator of make bench-gateway. Installed only when missing.
+SYSTEM_TOOLS := chromium wrk
+system-deps: ## apt-get install chromium and wrk when they are missing (root or sudo)
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  command -v apt-get >/dev/null || { echo "install$$missing with your package manager"; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
