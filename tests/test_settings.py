@@ -237,6 +237,15 @@ def test_docs_configuration_is_the_generated_table() -> None:
     assert result.exit_code == 0, result.output
     doc = ROOT / "docs" / "configuration.md"
     assert doc.read_text(encoding="utf-8") == result.output, (
-        "docs/configuration.md is stale: run `yibao config --markdown > docs/configuration.md`")
+        "docs/configuration.md is stale: run `yibao config --write-docs`")
     table = [line for line in result.output.splitlines() if line.startswith("| `YIBAO_")]
     assert [line.split("`")[1] for line in table] == [variable(n) for n in Settings.model_fields]
+
+
+def test_readme_has_the_generated_table() -> None:
+    from yibao.cli import readme_with_config_table
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme_with_config_table(readme) == readme, (
+        "the README's configuration table is stale: run `yibao config --write-docs`")
+    assert "| `YIBAO_BOOTSTRAP_SERVERS` |" in readme

@@ -10,6 +10,8 @@ way an operator at a terminal does. `yibao config` lists every variable.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from pydantic import ValidationError
 
@@ -52,8 +54,8 @@ def config_markdown() -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
-    lines = [f"Every `YIBAO_*` variable, generated from `yibao/settings.py` by "
-             f"`yibao config --markdown > {CONFIG_DOC}` (edit the descriptions there and regenerate).",
+    lines = ["Every `YIBAO_*` variable, generated from `yibao/settings.py` by "
+             "`yibao config --write-docs` (edit the descriptions there and regenerate).",
              "", "| Variable | Default | Meaning |", "|---|---|---|"]
     for name, default, _current, meaning in config_rows(Settings.model_construct()):
         lines.append(f"| `{name}` | {'`' + cell(default) + '`' if default != '(unset)' else default} "
@@ -61,13 +63,37 @@ def config_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+README = "README.md"
+README_TABLE = ("<!-- config-table:start -->\n", "<!-- config-table:end -->")
+
+
+def readme_with_config_table(readme: str) -> str:
+    """The README with the generated table between its markers, so the user's guide and
+    ``yibao config`` can never disagree."""
+    start, end = README_TABLE
+    head, found, rest = readme.partition(start)
+    _old, found_end, tail = rest.partition(end)
+    if not (found and found_end):
+        raise click.ClickException(f"{README} lacks the markers {start.strip()} ... {end}")
+    table = "\n".join(line for line in config_markdown().splitlines() if line.startswith("|"))
+    return f"{head}{start}{table}\n{end}{tail}"
+
+
 @main.command()
 @click.option("--markdown", is_flag=True, help=f"The markdown table of {CONFIG_DOC} (no current values).")
+@click.option("--write-docs", is_flag=True,
+              help=f"Regenerate {CONFIG_DOC} and the table in {README} (run from the repository root).")
 @click.pass_obj
-def config(settings: Settings, markdown: bool) -> None:
+def config(settings: Settings, markdown: bool, write_docs: bool) -> None:
     """Every YIBAO_* variable: its default, its current value (secrets masked) and its meaning."""
     if markdown:
         click.echo(config_markdown(), nl=False)
+        return
+    if write_docs:
+        Path(CONFIG_DOC).write_text(config_markdown(), encoding="utf-8")
+        readme = Path(README)
+        readme.write_text(readme_with_config_table(readme.read_text(encoding="utf-8")), encoding="utf-8")
+        click.echo(f"wrote {CONFIG_DOC} and the configuration table of {README}")
         return
     rows = [("VARIABLE", "DEFAULT", "CURRENT", "MEANING"), *config_rows(settings)]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
