@@ -8,8 +8,8 @@ different Kafka transactions: a kill between the two commits loses the output or
 
 This runs faust's own ``TransactionManager`` (the installed version) with a recording
 producer in place of the broker and checks that premise. If an upgrade of faust-streaming
-makes it fail, the premise is gone: revisit ``streams/runtime.py`` and the README's
-"Known limits".
+makes it fail, the premise is gone: revisit ``streams/runtime.py`` and
+docs/architecture.md, "Why not faust-streaming agents".
 """
 
 from __future__ import annotations
