@@ -1,13 +1,14 @@
-"""Errors of the live stages, under the project's one root error (``YibaoError``)."""
+"""Errors of the live stages, under the project's one root error (``YibaoError``), each mixed
+with the builtin it is. The Kafka edge's own errors are in :mod:`yibao.streams.kafka.exceptions`."""
 
 from __future__ import annotations
 
 from yibao.errors import YibaoError
 
 
-class StreamsError(YibaoError):
+class StreamsError(YibaoError, RuntimeError):
     """A live-pipeline failure."""
 
 
-class StoreError(StreamsError):
+class StoreError(StreamsError, OSError):
     """A local state store that cannot be opened or used; the message names the store."""

@@ -7,7 +7,7 @@ record per settled visit or one whose checkout is over, in a local RocksDB store
 default; see :mod:`yibao.streams.stores` for why).
 Each polled batch is folded through the pure engine and written — output events, the
 changed households and the next ledger offsets (position records in the households
-changelog, see :mod:`yibao.streams.runtime`) — in one Kafka transaction. Output events go to
+changelog, see :mod:`yibao.streams.kafka.changelog`) — in one Kafka transaction. Output events go to
 ``settlements`` keyed by household on the *same partition number* as the ledger record, so
 every settlements partition has exactly one writer.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -25,21 +25,22 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from yibao.rules.engine import Engine
 from yibao.schemas.codec import Codec
+from yibao.schemas.events import InputEvent
 from yibao.streams.cores import HOUSEHOLDS_STORE, VISITS_STORE, ProcessorCore, is_replay
-from yibao.streams.runtime import (
-    OWNER_KEY,
-    Outbox,
+from yibao.streams.fused import Write, to_fuse
+from yibao.streams.kafka.changelog import (
     Position,
-    StageConfig,
-    TxnStage,
     decode_position,
-    fence,
+    encode_position,
     iter_changelog,
-    log,
+    position_key,
     read_changelog,
     resolve_skips,
-    wait_decided,
 )
+from yibao.streams.kafka.clients import StageConfig
+from yibao.streams.kafka.fencing import OWNER_KEY, fence, wait_decided
+from yibao.streams.kafka.outbox import Outbox
+from yibao.streams.runtime import TxnStage, log
 from yibao.streams.stores import KVStore, memory_stores
 from yibao.streams.topics import Topics
 
@@ -64,10 +65,11 @@ class Processor(TxnStage):
         self.changelogs = {HOUSEHOLDS_STORE: self.changelog, VISITS_STORE: self.visits_changelog}
         self.outbox = Outbox(self.producer)
         # Ledger partitions the local sequencer applies in its own transaction (see
-        # :meth:`yibao.streams.sequencer.Sequencer.attach`): paused here, their positions moved on
+        # :mod:`yibao.streams.fused`): paused here, their positions moved on
         # by the sequencer's transactions.
         self.fused: set[TopicPartition] = set()
         self.progressed = asyncio.Event()  # set by every commit, for :meth:`wait_for`
+        self._catch_up_after = 0.0  # see catch_up()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Restore the new partitions, fencing first whoever did not hand them over.
@@ -102,7 +104,7 @@ class Processor(TxnStage):
         (returned), then restore again.
 
         A name may still be there only because its hand-over is committed but its markers
-        are not written yet (see :func:`yibao.streams.runtime.wait_decided`): before fencing, wait
+        are not written yet (see :func:`yibao.streams.kafka.fencing.wait_decided`): before fencing, wait
         until every record written so far is decided, and read the names again. Only a dead
         or frozen owner's open transaction keeps them undecided past ``OWNER_SETTLE_S``."""
         stored, owners, restored = await self.restore(parts)
@@ -177,11 +179,54 @@ class Processor(TxnStage):
         except Exception as e:  # fenced: the next owner fences this id again, harmlessly
             log.warning("processor.release_failed", error=repr(e))
 
-    def fuse(self, tp: TopicPartition) -> None:
-        """Hand ``tp`` to the local sequencer, which must hold ``self.lock`` and know that
-        every ledger record of ``tp`` below :attr:`positions` is all there is."""
-        self.consumer.pause(tp)
-        self.fused.add(tp)
+    # -- the fused hand-over (yibao.streams.fused.FusedLedger) -----------------------------
+
+    async def catch_up(self, ledger_end: Mapping[int, int]) -> None:
+        """Wait (a little, at most once a second) until the committed positions reach what
+        the local sequencer wrote, so its partitions can be fused: under a steady load this
+        stage is always one transaction behind otherwise, and would never be."""
+        targets = {tp: ledger_end[tp.partition] for tp in self.assigned
+                   if tp not in self.fused and tp.partition in ledger_end
+                   and self.positions.get(tp, 0) < ledger_end[tp.partition]}
+        now = time.monotonic()
+        if targets and now >= self._catch_up_after:
+            self._catch_up_after = now + 1.0
+            await self.wait_for(targets, 0.25)
+
+    def fuse(self, ledger_end: Mapping[int, int]) -> tuple[list[int], set[int]]:
+        """Hand the partitions whose every ledger record below :attr:`positions` is all
+        there is (:func:`~yibao.streams.fused.to_fuse`) to the local sequencer, which holds
+        :attr:`lock`: paused here from now on."""
+        newly = to_fuse(self.assigned, self.fused, self.positions, ledger_end)
+        for tp in newly:
+            self.consumer.pause(tp)
+            self.fused.add(tp)
+        return [tp.partition for tp in newly], {tp.partition for tp in self.fused}
+
+    def apply_fused(self, partition: int, key: bytes, event: InputEvent,
+                    replays: Sequence[bytes]) -> list[bytes]:
+        core, encode = self.core, self.codec.encode
+        for old in replays:
+            core.apply(partition, key, old, True)
+        return [encode(o) for o in core.apply_event(partition, key, event)]
+
+    def fused_changes(self, applied: Mapping[int, int], ledger_end: Mapping[int, int]
+                      ) -> list[Write]:
+        changelogs = self.changelogs
+        out: list[Write] = [(changelogs[store], p, key, value)
+                            for store, p, key, value in self.core.take_changes()]
+        # The ledger positions, before the broker has given the records their offsets
+        # (waiting for them cost a round trip, 2 ms a transaction): the end of the
+        # sequencer's previous write to the partition, then this many records.
+        key = position_key(self.t.ledger)
+        out.extend((self.changelog, p, key, encode_position(ledger_end[p], n))
+                   for p, n in applied.items())
+        return out
+
+    def fused_committed(self, ends: Mapping[int, int]) -> None:
+        ledger = self.t.ledger
+        self.positions.update({TopicPartition(ledger, p): o for p, o in ends.items()})
+        self.maybe_commit_group_offsets(time.perf_counter())
 
     def unfuse_all(self) -> None:
         """Take the fused partitions back (the local sequencer stops writing the ledger):

@@ -9,7 +9,7 @@ keyed by household, record timestamp = ``occurred_at``, headers ``yibao-seq`` an
 ``yibao-origin`` (topic:partition:offset).
 
 Ordering: the merge is a total event-time order over every input partition this worker
-owns; the sequencer group uses :class:`~yibao.streams.runtime.SingletonAssignor`, so one worker
+owns; the sequencer group uses :class:`~yibao.streams.kafka.clients.SingletonAssignor`, so one worker
 owns them all and the ledger order per household is the publication order, whatever the
 number of workers (the others stand by; the settlement processors, where the work is,
 scale out). From then on the ledger fixes the order for every replay.
@@ -38,23 +38,13 @@ from yibao.streams.cores import (
     SequencerCounts,
     decode_counts,
 )
+from yibao.streams.fused import FusedLedger
+from yibao.streams.kafka.changelog import decode_position, read_changelog
+from yibao.streams.kafka.clients import SingletonAssignor, StageConfig, make_producer, stop_later
+from yibao.streams.kafka.outbox import Outbox
 from yibao.streams.merge import TP, Record, TimestampMerge
-from yibao.streams.processor import Processor
 from yibao.streams.publish import SEQ_HEADER, order_of
-from yibao.streams.runtime import (
-    Outbox,
-    SingletonAssignor,
-    StageConfig,
-    TxnStage,
-    decode_position,
-    encode_position,
-    log,
-    make_producer,
-    percentiles,
-    position_key,
-    read_changelog,
-    stop_later,
-)
+from yibao.streams.runtime import TxnStage, log, percentiles
 from yibao.streams.topics import Topics
 
 ORIGIN_HEADER = "yibao-origin"
@@ -74,13 +64,12 @@ class Sequencer(TxnStage):
         self.outbox = Outbox(self.producer)
         # how long released records sat in the merge (s): the cost of the merge wait
         self.held_times: deque[float] = deque(maxlen=100_000)
-        self.processor: Processor | None = None  # see attach()
+        self.processor: FusedLedger | None = None  # see attach()
         self.active = False  # holds the inputs, with a started producer (take_over)
         self.took_over = 0
         # Per ledger partition this stage has written since it got the inputs, the offset
         # after its last record (from the broker's acknowledgement).
         self.ledger_end: dict[int, int] = {}
-        self._catch_up_after = 0.0
         self.fused_records = 0
         self.stores = {
             DEDUP_STORE: topics.changelog("sequencer", "dedup"),
@@ -168,23 +157,13 @@ class Sequencer(TxnStage):
         # fetcher (and the heartbeat, the other stage and the SIGTERM handler) of the loop.
         return max(1, min(self.cfg.poll_ms, int((deadline - time.monotonic()) * 1000) + 1))
 
-    def attach(self, processor: Processor) -> None:
+    def attach(self, processor: FusedLedger) -> None:
         """Apply the ledger records of partitions ``processor`` (in this worker) owns in this
         stage's own transaction, with their settlements, household changes and ledger
         positions: one Kafka transaction per checkout instead of two, and no trip through
         the ledger topic to the processor. The ledger still gets every record first, so it
-        stays the audit record and the input of every other processor.
-
-        Exactly-once holds because a partition is only applied here ("fused") once the
-        processor has committed everything before it. This sequencer is the only live writer
-        of the ledger while it holds the inputs, and after it takes them over its first
-        write to a partition always goes through the ledger; the partition is fused once
-        the processor's committed position has reached the end of this stage's last write
-        (so also everything any predecessor wrote before). The processor pauses a fused
-        partition and takes it back, from the position the sequencer's transactions left,
-        when the sequencer loses the inputs or the processor the partition. The processor's
-        lock is held for the whole transaction, so a rebalance of the processor never lands
-        inside one, and its state changes are all the sequencer's.
+        stays the audit record and the input of every other processor. Why this is
+        exactly-once: :mod:`yibao.streams.fused`.
         """
         self.processor = processor
 
@@ -228,34 +207,19 @@ class Sequencer(TxnStage):
         if proc is None or not released:
             await self.write(released, offsets, None)
             return
-        await self.let_processor_catch_up(proc)
+        await proc.catch_up(self.ledger_end)
         async with proc.lock:
             await self.write(released, offsets, proc)
 
-    async def let_processor_catch_up(self, proc: Processor) -> None:
-        """Wait (a little, at most once a second) for the local processor to commit what
-        this sequencer wrote to its partitions, so they can be fused: under a steady load
-        it is always one transaction behind otherwise, and would never be."""
-        ends = self.ledger_end
-        targets = {tp: ends[tp.partition] for tp in proc.assigned
-                   if tp not in proc.fused and tp.partition in ends
-                   and proc.positions.get(tp, 0) < ends[tp.partition]}
-        now = time.monotonic()
-        if targets and now >= self._catch_up_after:
-            self._catch_up_after = now + 1.0
-            await proc.wait_for(targets, 0.25)
-
-    def fusable(self, proc: Processor) -> set[int]:
+    def fusable(self, proc: FusedLedger) -> set[int]:
         """The ledger partitions to apply in this transaction (caller holds ``proc.lock``)."""
-        newly = to_fuse(proc.assigned, proc.fused, proc.positions, self.ledger_end)
-        for tp in newly:
-            proc.fuse(tp)
+        newly, fused = proc.fuse(self.ledger_end)
         if newly:
-            log.info("sequencer.fused", partitions=len(newly), fused=len(proc.fused))
-        return {tp.partition for tp in proc.fused}
+            log.info("sequencer.fused", partitions=len(newly), fused=len(fused))
+        return fused
 
     async def write(self, released: list[Record], offsets: dict[TopicPartition, int],
-                    proc: Processor | None) -> None:
+                    proc: FusedLedger | None) -> None:
         """One transaction: the released records' ledger and dead-letter appends, the
         sequencer's changes and input positions and, for fused partitions (see
         :meth:`attach`), the processor's outputs, changes and ledger positions."""
@@ -284,12 +248,9 @@ class Sequencer(TxnStage):
             outbox.add(ledger, lp, out.key, out.value, out.timestamp, headers)
             if lp in fused:
                 assert proc is not None
-                pcore = proc.core
-                for _ts, old in out.replays:
-                    pcore.apply(lp, out.key, old, True)
-                encode = proc.codec.encode
-                for o in pcore.apply_event(lp, out.key, out.event):
-                    outbox.add(settlements, lp, out.key, encode(o), out.timestamp)
+                for encoded in proc.apply_fused(lp, out.key, out.event,
+                                                [old for _ts, old in out.replays]):
+                    outbox.add(settlements, lp, out.key, encoded, out.timestamp)
                 applied[lp] = applied.get(lp, 0) + 1 + len(out.replays)
                 self.fused_records += 1
         core.take_books(changes)
@@ -299,14 +260,8 @@ class Sequencer(TxnStage):
         self.add_positions(outbox, stores[COUNTS_STORE], offsets)
         if applied:
             assert proc is not None
-            for store, p, key, value in proc.core.take_changes():
-                outbox.add(proc.changelogs[store], p, key, value)
-            # The processor's ledger positions, before the broker has given the records
-            # their offsets (waiting for them cost a round trip, 2 ms a transaction): the
-            # end of this stage's previous write to the partition, then this many records.
-            key = position_key(ledger)
-            for p, n in applied.items():
-                outbox.add(proc.changelog, p, key, encode_position(self.ledger_end[p], n))
+            for topic, p, key, value in proc.fused_changes(applied, self.ledger_end):
+                outbox.add(topic, p, key, value)
         sent = await outbox.flush()
         await self.fault_pause(sent)
         await self.commit()
@@ -315,21 +270,7 @@ class Sequencer(TxnStage):
                 self.ledger_end[p] = await s.end()
         if applied:
             assert proc is not None
-            proc.positions.update(
-                {TopicPartition(ledger, p): self.ledger_end[p] for p in applied})
-            proc.maybe_commit_group_offsets(time.perf_counter())
-
-
-def to_fuse(assigned: set[TopicPartition], fused: set[TopicPartition],
-            positions: dict[TopicPartition, int], ledger_end: dict[int, int]
-            ) -> list[TopicPartition]:
-    """The processor's partitions that may be fused now: those whose committed position
-    has reached the end of this sequencer's last write to them. One it has not written
-    since it took the inputs over may still hold a predecessor's records the processor has
-    not read (and the ledger's end offsets cannot tell: a commit's markers are written
-    after the commit returns), so it waits for this sequencer's first write."""
-    return [tp for tp in assigned if tp not in fused and tp.partition in ledger_end
-            and positions.get(tp, 0) >= ledger_end[tp.partition]]
+            proc.fused_committed({p: self.ledger_end[p] for p in applied})
 
 
 async def read_books(settings: Settings) -> dict[int, SequencerCounts]:

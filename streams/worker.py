@@ -26,9 +26,10 @@ from yibao.rules.engine import Engine
 from yibao.rules.policy import load_policy
 from yibao.settings import Settings
 from yibao.streams.exceptions import StoreError
+from yibao.streams.kafka.clients import StageConfig
 from yibao.streams.kafka.options import security_env
 from yibao.streams.processor import Processor
-from yibao.streams.runtime import StageConfig, TxnStage, log, percentiles
+from yibao.streams.runtime import TxnStage, log, percentiles
 from yibao.streams.sequencer import Sequencer
 from yibao.streams.stores import KVStore, RocksMemory, RocksStore, memory_stores
 from yibao.streams.topics import Topics, create_all

@@ -460,8 +460,9 @@ def test_a_hand_over_still_being_committed_does_not_fence_the_live_owner(
 
     from yibao.rules.engine import Engine
     from yibao.rules.policy import load_policy
+    from yibao.streams.kafka.clients import StageConfig, make_producer
+    from yibao.streams.kafka.fencing import OWNER_KEY
     from yibao.streams.processor import Processor
-    from yibao.streams.runtime import OWNER_KEY, StageConfig, make_producer
     from yibao.streams.topics import Topics
 
     s = settings_for(kafka_bootstrap, unique_prefix, partitions=2)

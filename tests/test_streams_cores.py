@@ -378,13 +378,13 @@ def test_records_below_the_restored_position_are_never_processed_twice() -> None
     restored position while that fetch is in flight; the stage drops what is below it."""
     from types import SimpleNamespace
 
-    from yibao.streams.runtime import (
+    from yibao.streams.kafka.changelog import (
         Position,
-        TxnStage,
         decode_position,
         encode_position,
         position_key,
     )
+    from yibao.streams.runtime import TxnStage
 
     recs = [SimpleNamespace(offset=o) for o in range(5, 10)]
     assert [r.offset for r in TxnStage.unseen(recs, 7)] == [7, 8, 9]
@@ -504,11 +504,11 @@ def test_merge_heap_releases_exactly_what_a_scan_of_every_partition_releases() -
 
 
 def test_a_ledger_partition_is_fused_only_once_the_processor_has_read_all_it_was_written() -> None:
-    """The safety rule of the fused transaction (Sequencer.attach): fusing a partition
+    """The safety rule of the fused transaction (yibao.streams.fused): fusing a partition
     whose earlier records the processor has not committed would skip them."""
     from aiokafka import TopicPartition
 
-    from yibao.streams.sequencer import to_fuse
+    from yibao.streams.fused import to_fuse
 
     tp = [TopicPartition("p-ledger", i) for i in range(4)]
     assigned = set(tp)

@@ -1,4 +1,5 @@
-"""Small async helpers around aiokafka: create topics, produce records, read them back.
+"""Small async helpers around aiokafka: produce records, read them back (and
+:func:`~yibao.streams.kafka.admin.create_topics`, re-exported).
 
 Used by the smoke demo (``yibao smoke``), the tests, the bulk publishers (``yibao.streams.publish``,
 ``yibao.projections.simulate``) and any tool that needs to poke a topic.
@@ -15,9 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from yibao.streams.kafka.admin import create_topics
 from yibao.streams.kafka.options import KafkaTarget, client_options
 
 __all__ = ["SendWindow", "as_bytes", "consume", "create_topics", "produce"]
@@ -27,41 +27,6 @@ Data = bytes | str | None
 
 def as_bytes(value: Data) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
-
-
-async def create_topics(
-    bootstrap: KafkaTarget,
-    names: Iterable[str],
-    *,
-    partitions: int = 1,
-    replication_factor: int = 1,
-    config: dict[str, str] | None = None,
-) -> None:
-    """Create the topics that don't exist yet, and wait until they are usable."""
-    admin = AIOKafkaAdminClient(**client_options(bootstrap))
-    await admin.start()
-    try:
-        wanted = list(names)
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(n, partitions, replication_factor, topic_configs=config or {})
-            for n in wanted
-            if n not in existing
-        ]
-        if new:
-            response = await admin.create_topics(new)
-            for topic_error in response.topic_errors:
-                name, code = topic_error[0], topic_error[1]
-                if code not in (0, TopicAlreadyExistsError.errno):
-                    raise for_code(code)(f"creating topic {name}: {topic_error[2:]}")
-        # CreateTopics returns once the controller accepted it; wait for the metadata too.
-        deadline = time.monotonic() + 30
-        while not set(wanted) <= set(await admin.list_topics()):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics {wanted} not visible after 30s")
-            await asyncio.sleep(0.05)
-    finally:
-        await admin.close()
 
 
 async def produce(

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from yibao.settings import Settings
+from yibao.streams.kafka.exceptions import KafkaAccessError, KafkaSecurityError
 
 __all__ = [
     "KafkaAccessError",
@@ -42,10 +43,6 @@ __all__ = [
 
 KafkaTarget = Settings | str
 """Where a client connects: full settings, or just a PLAINTEXT bootstrap string."""
-
-
-class KafkaSecurityError(ValueError):
-    """The TLS files named by the settings cannot be used; the message names the variable."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -129,10 +126,6 @@ def security_env(settings: Settings) -> dict[str, str]:
     # Unset ones as "" (read as unset), so a stray variable of the parent's doesn't leak in.
     env.update({k: "" if v is None else str(v) for k, v in optional.items()})
     return env
-
-
-class KafkaAccessError(ConnectionError):
-    """A Kafka server refused or failed the connection; the message says why and what to check."""
 
 
 async def probe(target: KafkaTarget, timeout: float = 10.0) -> str:
