@@ -297,19 +297,29 @@ ENROLLMENT_TYPES = (
     CreditRepaid,
 )
 
-#: The Kafka topic (without prefix) each input type is published to.
+#: The care events a hospital gateway publishes (events.md, "Topics and order").
+CARE_TYPES = (
+    VisitOpened,
+    PrescriptionIssued,
+    ItemsCharged,
+    ChargeReversed,
+    VisitClosed,
+    VisitRefunded,
+    PaymentMade,
+    PreSettlementRequested,
+)
+
+#: The input topic (without prefix) of each input type, chosen by the authority that
+#: publishes it: bureau systems ``registrations``, hospital gateways ``care``, bureau
+#: auditors ``reviews``. Every input is keyed by ``person_id``; a type on another topic is
+#: malformed (dead-lettered), so a hospital that may write ``care`` can never register a
+#: person, credit an account or grant a credit line.
 TOPIC_OF: dict[str, str] = {
     **{t.__name__: "registrations" for t in ENROLLMENT_TYPES},
-    "VisitOpened": "visits",
-    "VisitClosed": "visits",
-    "VisitRefunded": "visits",
-    "PrescriptionIssued": "prescriptions",
-    "ItemsCharged": "prescriptions",
-    "ChargeReversed": "prescriptions",
-    "PaymentMade": "payments",
-    "PreSettlementRequested": "visits",
-    "AuditFlagReviewed": "registrations",
+    **{t.__name__: "care" for t in CARE_TYPES},
+    "AuditFlagReviewed": "reviews",
 }
+assert set(TOPIC_OF) == {t.__name__ for t in INPUT_TYPES}
 
 
 # --------------------------------------------------------------------- outputs

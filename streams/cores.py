@@ -4,7 +4,7 @@
   dead-letter malformed input, drop a repeated ``event_id`` within an event-time window
   (:class:`DedupStore`, the semantics of :class:`yibao.rules.fold.Deduplicator`), resolve
   person → household, and say what to append to the ledger. Its state is partitioned by the
-  input partition (the key is ``person_id`` on all four input topics, so a person's
+  input partition (the key is ``person_id`` on all three input topics, so a person's
   registration, visits and retries all land on the same partition number) and every change
   is reported as a changelog record, so the Kafka loop can write it in the same transaction
   as the ledger record and a restart restores exactly the state that goes with the
@@ -23,7 +23,7 @@ import datetime as dt
 import hashlib
 import json
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -218,8 +218,12 @@ class SequencerCore:
     """
 
     def __init__(self, codec: Codec | None = None,
-                 window: dt.timedelta = DEFAULT_DEDUP_WINDOW) -> None:
+                 window: dt.timedelta = DEFAULT_DEDUP_WINDOW,
+                 accepts: Mapping[str, frozenset[str]] | None = None) -> None:
         self.codec = codec or Codec()
+        #: input topic -> the event types it accepts (events.md, "Topics and order"); a
+        #: topic not named here accepts every type
+        self.accepts: Mapping[str, frozenset[str]] = accepts or {}
         self.window_ms = int(window.total_seconds() * 1000)
         self.dedup: dict[int, DedupStore] = {}
         self.persons: dict[int, dict[str, str]] = {}
@@ -301,6 +305,7 @@ class SequencerCore:
             if raw is None:  # a null value (tombstone) on an input topic
                 raise SchemaError("not valid JSON: null record value", "$")
             event = self.codec.decode(raw)
+            self.check_topic(rec.tp.topic, type(event).__name__)
         except SchemaError as exc:
             c.dead_lettered += 1
             b.dead_lettered += 1
@@ -346,6 +351,18 @@ class SequencerCore:
         c.sequenced += 1
         b.sequenced += 1
         return LedgerAppend(household.encode(), raw, ts, event, replays)
+
+    def check_topic(self, topic: str, type_name: str) -> None:
+        """An event on a topic that does not accept its type is malformed: a hospital
+        credential that may write ``care`` can never register a person, credit an account or
+        grant a credit line."""
+        allowed = self.accepts.get(topic)
+        if allowed is None or type_name in allowed:
+            return
+        home = next((t for t, types in self.accepts.items() if type_name in types), None)
+        raise SchemaError(f"topic {topic} does not accept {type_name}"
+                          + (f" (it goes to {home})" if home else "") + " - at `$.type`",
+                          "$.type")
 
     def take_books(self, changes: list[Change]) -> None:
         """Append the books of every partition read since the last call to ``changes``."""

@@ -12,3 +12,7 @@ class StreamsError(YibaoError, RuntimeError):
 
 class StoreError(StreamsError, OSError):
     """A local state store that cannot be opened or used; the message names the store."""
+
+
+class NoSuchTopic(StreamsError, LookupError):
+    """A topic the pipeline needs is not on the broker; the message names it."""

@@ -13,13 +13,19 @@ checkout's ``event_id``, publishes the ``VisitClosed`` and resolves with the fir
 ``EventRejected`` too, should the checkout be rejected as an event). The gateway reads
 ``settlements`` from the end as of its start, with no consumer group, so any number of
 gateways can wait side by side.
+
+What goes on the wire is what any gateway in any language sends (events.md, "Topics and
+order"): the event's JSON to its authority's topic (``care`` for a hospital's events), key
+``person_id``; the timestamp is the broker's. On top of that the SDK numbers its records
+(headers ``yibao-publisher``, ``yibao-seq``), which the merge uses for one thing a plain
+producer does without: a record whose predecessors have all been applied goes without the
+merge wait (``YIBAO_MERGE_WAIT_MS``), so a checkout settles up to that much sooner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -28,17 +34,14 @@ from yibao.schemas.codec import Codec
 from yibao.schemas.events import ClaimRejected, ClaimSettled, EventRejected, InputEvent, VisitClosed
 from yibao.schemas.exceptions import SchemaError
 from yibao.settings import Settings
+from yibao.streams.exceptions import NoSuchTopic
 from yibao.streams.kafka.options import client_options
-from yibao.streams.publish import TOPICS_ORDER, new_publisher_id, new_seq_base, order_headers
-from yibao.streams.topics import Topics
+from yibao.streams.publish import new_publisher_id, order_headers
+from yibao.streams.topics import INPUTS, Topics
 
 Outcome = ClaimSettled | ClaimRejected | EventRejected
 
 __all__ = ["Gateway", "Outcome", "SchemaError"]
-
-
-def _ms(ts: dt.datetime) -> int:
-    return int(ts.timestamp() * 1000)
 
 
 class Gateway:
@@ -54,7 +57,7 @@ class Gateway:
         self._consumer: AIOKafkaConsumer | None = None
         self._waiters: dict[str, asyncio.Future[Outcome]] = {}
         self._reader: asyncio.Task[None] | None = None
-        self._seq = new_seq_base()
+        self._seq = 0  # the next record's number (from 0, without gaps)
         self._publisher = new_publisher_id()
 
     async def __aenter__(self) -> Gateway:
@@ -66,7 +69,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self._producer.start()
-        for short in TOPICS_ORDER:
+        for short in INPUTS:
             await self._producer.partitions_for(self.topics.name(short))
         consumer = AIOKafkaConsumer(
             **client_options(self.settings), group_id=None,
@@ -76,7 +79,7 @@ class Gateway:
         topic = self.topics.settlements
         parts = await self._producer.partitions_for(topic)
         if not parts:
-            raise RuntimeError(f"no topic {topic}: run `yibao topics create` first")
+            raise NoSuchTopic(f"no topic {topic}: run `yibao topics create` first")
         await consumer.start()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
@@ -107,20 +110,22 @@ class Gateway:
         return self.codec.decode(raw), raw
 
     async def publish(self, event: InputEvent | bytes | str | dict[str, Any]) -> InputEvent:
-        """Validate, then send to the event's topic (key person_id, timestamp occurred_at);
-        return once the broker has it (acks=all)."""
+        """Validate, then send to the event's topic (key person_id); return once the broker
+        has it (acks=all)."""
         decoded, raw = self.validate(event)
         fut = await self._send(decoded, raw)
         await fut
         return decoded
 
     async def _send(self, event: InputEvent, raw: bytes) -> asyncio.Future[Any]:
-        self._seq += 1
-        return await self._producer.send(
+        """To the type's topic, key person_id; the timestamp is the broker's. Numbered only
+        once the producer has taken the record, so a send that fails leaves no gap."""
+        fut = await self._producer.send(
             self.topics.input_for_type(type(event).__name__), raw,
-            key=event.person_id.encode(), timestamp_ms=_ms(event.occurred_at),
-            headers=order_headers(self._publisher, self._seq),
+            key=event.person_id.encode(), headers=order_headers(self._publisher, self._seq),
         )
+        self._seq += 1
+        return fut
 
     async def settle(self, visit_closed: VisitClosed | bytes | str | dict[str, Any], *,
                      timeout: float = 10.0, publish: bool = True) -> Outcome:

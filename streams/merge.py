@@ -1,22 +1,35 @@
-"""A timestamp-synchronised merge of several Kafka partitions, as Kafka Streams does it.
+"""A merge of several Kafka partitions in the order the broker appended their records.
 
-Every input partition is a FIFO queue; the merge repeatedly releases the head with the
-smallest key ``(timestamp_ms, seq)`` — ``seq`` is the publisher's sequence number header,
-which breaks ties in event time by publication order (the worked example has 17 events at
-one instant). A record may only be released when no assigned partition could still deliver
-a smaller one: every partition has a buffered record, or it is *caught up* (its position is
-at its high watermark) and the candidate has waited ``max_wait`` seconds for it
-(Kafka Streams' ``max.task.idle.ms``).
+Every input partition is a FIFO queue: a person's events on one topic apply in partition
+order (one key, one partition). Across partitions the merge releases the head with the
+smallest key ``(timestamp_ms, seq)``; the timestamp is the broker's append time (the input
+topics are ``message.timestamp.type=LogAppendTime``), so no producer's clock decides the
+order and a record stamped a year ahead holds back no one. A record may only be released
+when no assigned partition could still deliver an earlier one: every partition has a
+buffered record, or it is *caught up* (its position is at its last stable offset) and the
+candidate has waited ``max_wait`` seconds for records still in flight (Kafka Streams'
+``max.task.idle.ms``).
 
-The wait covers records still in flight from the publisher (in its batches, or appended
-to another partition a moment later). yibao's publishers (``yibao publish``, the gateway
-SDK) number their records without gaps (headers ``yibao-publisher``, ``yibao-seq``), so the
-merge can see when nothing of that publisher can still be in flight: every earlier record of
-it has been released or is buffered here (behind it in merge order: a record published
-later with an earlier event time, say a backdated correction, fetched with its predecessor).
-Such a record goes at once, without the wait — at 1,000 checkouts/s nearly every record,
-since some partition is nearly always idle. Records of unknown
-publishers (or after a gap, or the first one seen of a publisher) wait as before.
+yibao's own publishers (``yibao publish``, the gateway SDK) number their records from 0
+without gaps (headers ``yibao-publisher``, ``yibao-seq``). The numbering earns its place twice:
+
+* **A publisher's records go in its own order.** The broker stamps a whole batch with one
+  append time, and a producer's batches to different partitions land in whatever order its
+  requests do, so append time alone cannot keep a file's order across partitions (a
+  household's persons, a visit's opening on one topic and its charges on another), and
+  ``yibao publish`` of a log must give exactly ``yibao settle``'s outputs over the file's
+  order. So a record whose publisher's next record is buffered behind another record
+  waits until that one has gone (the one in front of it goes first), and one whose
+  predecessor is not buffered yet waits for it (with no gaps in the numbering it is in
+  flight), at most ``hole_wait`` (a publisher that died with a batch unsent).
+* **No wait for what is in sequence.** A record whose publisher's earlier records have all
+  been released goes at once, without ``max_wait``: nothing of its publisher can still be in
+  flight before it — at 1,000 checkouts/s nearly every record, since some partition is
+  nearly always idle.
+
+Records of any other producer (no headers) are merged by append time and the wait alone.
+A header is only a hint among one publisher's own records: a forged one can hold the merge
+back by ``hole_wait`` at most, and never reorders a person's events on one topic.
 
 Records leave each partition in offset order, so "committed offset = first unreleased
 record" holds and a restart re-reads exactly what was not released.
@@ -41,8 +54,8 @@ class TP(NamedTuple):
 class Record:
     tp: TP
     offset: int
-    timestamp: int  # ms
-    seq: int
+    timestamp: int  # ms: the broker's append time
+    seq: int  # yibao-seq header (0 without one)
     key: bytes | None
     value: bytes
     arrived: float = 0.0  # monotonic seconds when buffered
@@ -53,17 +66,18 @@ class Record:
 PUBLISHERS_MAX = 4096
 #: Released seqs kept above a publisher's hole; beyond this the hole is taken as lost.
 AHEAD_MAX = 1024
-#: How far below a record the merge looks for its publisher's earlier seqs among the
-#: buffered records; a wider gap waits as before.
-BUFFERED_GAP_MAX = 64
+#: How long a publisher's record waits for an earlier one of the same publisher that is not
+#: here yet (in flight: a batch appended after a later one). A hole that outlasts this is
+#: taken as lost (a publisher that died with a batch unsent) and the merge goes on.
+HOLE_WAIT_S = 1.0
 
 
 @dataclass(slots=True)
 class PublisherSeq:
     """What of one publisher's gap-free numbering has been released: everything below
-    ``next``, and the seqs in ``ahead`` (released above a hole, e.g. by the wait running out
-    or by event time). ``next`` is the lowest seq not released yet — only that record can be
-    released knowing nothing earlier of its publisher is still in flight."""
+    ``next``, and the seqs in ``ahead`` (released above a hole, when the hole wait ran out).
+    ``next`` is the lowest seq not released yet — only that record can be released knowing
+    nothing earlier of its publisher is still in flight."""
 
     next: int
     ahead: set[int] = field(default_factory=set)
@@ -87,28 +101,39 @@ class PublisherSeq:
             self.next += 1
 
 
+_GO = True
+_WAIT = False
+
+
 @dataclass
 class TimestampMerge:
     """The merge state. The heads of the non-empty queues are kept in a heap, and the empty
     queues are counted (still being fetched, or caught up), so releasing a record costs a
-    heap operation rather than a scan of every partition (32 for four topics of 8: the scan
-    was 8% of the worker's time under cProfile at 1,000 checkouts/s)."""
+    heap operation rather than a scan of every partition (the scan was 8% of the worker's
+    time under cProfile at 1,000 checkouts/s). A record released from a queue that is not
+    the heap's top leaves that queue's entry behind; such stale entries are dropped when
+    they come up."""
 
     max_wait: float = 0.0
+    hole_wait: float = HOLE_WAIT_S
     queues: dict[TP, deque[Record]] = field(default_factory=dict)
     caught_up: dict[TP, bool] = field(default_factory=dict)
     #: publisher -> which of its seqs have been released
     publishers: OrderedDict[bytes, PublisherSeq] = field(default_factory=OrderedDict)
-    #: publisher -> seqs of its records buffered here, not yet released
-    buffered_seqs: dict[bytes, set[int]] = field(default_factory=dict)
+    #: publisher -> seq -> the partition where that record is buffered, not yet released
+    buffered_seqs: dict[bytes, dict[int, TP]] = field(default_factory=dict)
     released_at_once: int = 0  # would have waited for an idle partition, but in sequence
-    #: (timestamp, seq, queue index, tp) of every non-empty queue's head; the index (order
-    #: of assignment) breaks ties as the scan over ``queues`` in insertion order did
-    _heads: list[tuple[int, int, int, TP]] = field(default_factory=list)
+    #: (timestamp, seq, queue index, offset, tp) of every non-empty queue's head (and stale
+    #: entries); the index (order of assignment) breaks ties
+    _heads: list[tuple[int, int, int, int, TP]] = field(default_factory=list)
     _index: dict[TP, int] = field(default_factory=dict)
     _next_index: int = 0
     _empty_fetching: int = 0  # empty queues not caught up: nothing may be released
     _empty_caught_up: int = 0  # empty queues at their end: the wait applies
+    #: publishers not remembered -> their lowest buffered seq
+    _lowest_unknown: dict[bytes, int] = field(default_factory=dict)
+    #: when the record the last pop_ready stopped at may go (None: nothing waits on time)
+    _wake_at: float | None = None
 
     def assign(self, tps: set[TP]) -> None:
         """Set the assigned partitions; queues of revoked ones are dropped (re-read later)."""
@@ -124,16 +149,19 @@ class TimestampMerge:
                 self._next_index += 1
             self.caught_up.setdefault(tp, False)
         self.buffered_seqs.clear()
-        for q in self.queues.values():
+        for tp, q in self.queues.items():
             for r in q:
                 if r.publisher is not None:
-                    self.buffered_seqs.setdefault(r.publisher, set()).add(r.seq)
-        self._heads = [(q[0].timestamp, q[0].seq, self._index[tp], tp)
+                    self.buffered_seqs.setdefault(r.publisher, {})[r.seq] = tp
+        self._lowest_unknown = {p: min(seqs) for p, seqs in self.buffered_seqs.items()
+                                if p not in self.publishers}
+        self._heads = [(q[0].timestamp, q[0].seq, self._index[tp], q[0].offset, tp)
                        for tp, q in self.queues.items() if q]
         heapq.heapify(self._heads)
         empty = [tp for tp, q in self.queues.items() if not q]
         self._empty_caught_up = sum(1 for tp in empty if self.caught_up[tp])
         self._empty_fetching = len(empty) - self._empty_caught_up
+        self._wake_at = None
 
     def add(self, record: Record) -> None:
         tp = record.tp
@@ -143,10 +171,16 @@ class TimestampMerge:
                 self._empty_caught_up -= 1
             else:
                 self._empty_fetching -= 1
-            heapq.heappush(self._heads, (record.timestamp, record.seq, self._index[tp], tp))
+            heapq.heappush(self._heads, (record.timestamp, record.seq, self._index[tp],
+                                         record.offset, tp))
         q.append(record)
-        if record.publisher is not None:
-            self.buffered_seqs.setdefault(record.publisher, set()).add(record.seq)
+        pub = record.publisher
+        if pub is not None:
+            self.buffered_seqs.setdefault(pub, {})[record.seq] = tp
+            if pub not in self.publishers:
+                low = self._lowest_unknown.get(pub)
+                if low is None or record.seq < low:
+                    self._lowest_unknown[pub] = record.seq
 
     def set_caught_up(self, tp: TP, value: bool) -> None:
         old = self.caught_up.get(tp)
@@ -168,67 +202,127 @@ class TimestampMerge:
     def pop_ready(self, now: float) -> list[Record]:
         """Release, in merge order, every record that can be released now."""
         out: list[Record] = []
-        heads, queues = self._heads, self.queues
-        while heads and not self._empty_fetching:
-            _ts, _seq, index, tp = heads[0]
-            q = queues[tp]
-            head = q[0]
-            if (self._empty_caught_up and self.max_wait > 0
-                    and now - head.arrived < self.max_wait):
-                if not self._in_sequence(head):
-                    return out
-                self.released_at_once += 1
-            q.popleft()
-            if q:
-                nxt = q[0]
-                heapq.heapreplace(heads, (nxt.timestamp, nxt.seq, index, tp))
-            else:
-                heapq.heappop(heads)
-                if self.caught_up[tp]:
-                    self._empty_caught_up += 1
-                else:
-                    self._empty_fetching += 1
-            out.append(head)
-            if head.publisher is not None:
-                self._released(head)
+        self._wake_at = None
+        while not self._empty_fetching:
+            top = self._top()
+            if top is None:
+                break
+            tp = self._choose(top, now)
+            if tp is None:
+                break
+            out.append(self._pop(tp))
         return out
 
-    def _in_sequence(self, rec: Record) -> bool:
-        """Nothing published before ``rec`` by its publisher can still be in flight: every
-        earlier seq is released, or buffered here."""
-        if rec.publisher is None:
-            return False
-        known = self.publishers.get(rec.publisher)
+    def next_deadline(self) -> float | None:
+        """When the record the merge is waiting on may go (for the poll timeout)."""
+        return self._wake_at
+
+    # -- choosing ----------------------------------------------------------------------------
+
+    def _top(self) -> TP | None:
+        """The partition whose head is first in append-time order (stale entries dropped)."""
+        heads, queues = self._heads, self.queues
+        while heads:
+            entry = heads[0]
+            q = queues.get(entry[4])
+            if q and q[0].offset == entry[3]:
+                return entry[4]
+            heapq.heappop(heads)
+        return None
+
+    def _choose(self, top: TP, now: float) -> TP | None:
+        """The partition to release from now, starting at ``top``: its head, or the record
+        that must go before it (see the module docstring); ``None`` to wait."""
+        tp, seen = top, {top}
+        while True:
+            verdict = self._judge(self.queues[tp][0], now)
+            if verdict is _GO:
+                return tp
+            if verdict is _WAIT:
+                return None
+            assert isinstance(verdict, TP)
+            if verdict in seen:  # two publishers waiting on each other: append time decides
+                return top
+            seen.add(verdict)
+            tp = verdict
+
+    def _judge(self, head: Record, now: float) -> bool | TP:
+        """Whether ``head`` may go now (``_GO``), must wait (``_WAIT``), or must let the
+        record in front of its publisher's earlier one go first (that record's partition)."""
+        idle_wait = (self._empty_caught_up > 0 and self.max_wait > 0
+                     and now - head.arrived < self.max_wait)
+        pub = head.publisher
+        if pub is None:
+            return self._wait_until(head.arrived + self.max_wait) if idle_wait else _GO
+        known = self.publishers.get(pub)
         if known is None:
-            return False
-        first = known.next
-        if first == rec.seq:
-            return True
-        if not 0 < rec.seq - first <= BUFFERED_GAP_MAX:
-            return False
-        buffered, ahead = self.buffered_seqs.get(rec.publisher, ()), known.ahead
-        return all(s in buffered or s in ahead for s in range(first, rec.seq))
+            low = self._lowest_unknown.get(pub, head.seq)
+            if low < head.seq:
+                return self.buffered_seqs[pub][low]
+            if head.seq == 0:  # its first record: nothing of it can be in flight before
+                self.released_at_once += idle_wait
+                return _GO
+            # first seen after a restart (or its first records are still in flight)
+            if now - head.arrived < self.max_wait:
+                return self._wait_until(head.arrived + self.max_wait)
+            return _GO
+        if head.seq <= known.next:  # in sequence (or late, below a hole given up on)
+            self.released_at_once += idle_wait
+            return _GO
+        where = self.buffered_seqs.get(pub, {}).get(known.next)
+        if where is not None:
+            return where
+        if now - head.arrived < self.hole_wait:  # the hole is in flight
+            return self._wait_until(head.arrived + self.hole_wait)
+        return _GO
+
+    def _wait_until(self, when: float) -> bool:
+        self._wake_at = when
+        return _WAIT
+
+    # -- releasing ---------------------------------------------------------------------------
+
+    def _pop(self, tp: TP) -> Record:
+        q = self.queues[tp]
+        rec = q.popleft()
+        heads = self._heads
+        on_top = heads[0][4] == tp and heads[0][3] == rec.offset
+        if q:
+            nxt = q[0]
+            entry = (nxt.timestamp, nxt.seq, self._index[tp], nxt.offset, tp)
+            if on_top:
+                heapq.heapreplace(heads, entry)
+            else:  # its old entry is stale now
+                heapq.heappush(heads, entry)
+        else:
+            if on_top:
+                heapq.heappop(heads)
+            if self.caught_up[tp]:
+                self._empty_caught_up += 1
+            else:
+                self._empty_fetching += 1
+        if rec.publisher is not None:
+            self._released(rec)
+        return rec
 
     def _released(self, rec: Record) -> None:
-        assert rec.publisher is not None
-        buffered = self.buffered_seqs.get(rec.publisher)
+        pub = rec.publisher
+        assert pub is not None
+        buffered = self.buffered_seqs.get(pub)
         if buffered is not None:
-            buffered.discard(rec.seq)
+            buffered.pop(rec.seq, None)
             if not buffered:
-                del self.buffered_seqs[rec.publisher]
+                del self.buffered_seqs[pub]
         pubs = self.publishers
-        known = pubs.get(rec.publisher)
+        known = pubs.get(pub)
         if known is None:  # first seen: what came before it is unknown, so it starts here
-            pubs[rec.publisher] = PublisherSeq(rec.seq + 1)
+            pubs[pub] = PublisherSeq(rec.seq + 1)
+            self._lowest_unknown.pop(pub, None)
             if len(pubs) > PUBLISHERS_MAX:
-                pubs.popitem(last=False)
+                old, _ = pubs.popitem(last=False)
+                left = self.buffered_seqs.get(old)
+                if left:
+                    self._lowest_unknown[old] = min(left)
         else:
             known.released(rec.seq)
-            pubs.move_to_end(rec.publisher)
-
-    def next_deadline(self) -> float | None:
-        """When a record held back only by idle partitions may go (for the poll timeout)."""
-        if self.max_wait <= 0:
-            return None
-        heads = [q[0].arrived for q in self.queues.values() if q]
-        return min(heads) + self.max_wait if heads else None
+            pubs.move_to_end(pub)

@@ -1,21 +1,27 @@
 """`yibao publish` and `yibao export`: a JSONL log onto the input topics, a topic into JSONL.
 
-Publishing routes each line by its ``type`` to the topic of events.md, keyed by
-``person_id``, with record timestamp = ``occurred_at`` (ms) and a ``yibao-seq`` header
-(publication order; it breaks ties in event time in the sequencer's merge), in file order.
+Publishing routes each line by its ``type`` to its authority's topic (events.md, "Topics and
+order": ``registrations``, ``care``, ``reviews``), keyed by ``person_id``, in file order. The
+record timestamp is left to the broker (the inputs are ``LogAppendTime``).
+
+The lines are numbered from 0 without gaps (headers ``yibao-publisher``: this run's random
+id, ``yibao-seq``: the number): the sequencer's merge releases one publisher's records in
+that order (see :mod:`yibao.streams.merge`), so a household whose persons hash to different
+partitions, or a visit whose opening and charges go to different topics, still applies in
+the file's order, and the live outputs are exactly ``yibao settle``'s over the file. Append
+time alone would not do that: the broker stamps a whole batch with one time, and one
+producer's batches to different partitions are appended in whatever order they arrive.
 
 A line that cannot be routed by type (not JSON, no or unknown ``type``) is still published,
 to ``registrations``: the sequencer is the only place that judges input, so it dead-letters
 the line *with its origin* (topic, partition, offset) and the books balance (read = applied
 + duplicates + dead-lettered). Sending it straight to ``deadletter`` would skip that count
-and leave a dead letter without an origin. Its timestamp is the previous line's, so it does
-not disturb the event-time merge.
+and leave a dead letter without an origin.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -28,20 +34,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from yibao.schemas.events import TOPIC_OF
 from yibao.settings import Settings
+from yibao.streams.exceptions import NoSuchTopic
+from yibao.streams.kafka.exceptions import ReadTimeout
 from yibao.streams.kafka.io import SendWindow
 from yibao.streams.kafka.options import client_options
-from yibao.streams.topics import Topics
+from yibao.streams.topics import INPUTS, Topics
 
 SEQ_HEADER = "yibao-seq"
 PUBLISHER_HEADER = "yibao-publisher"
-TOPICS_ORDER = ("registrations", "visits", "prescriptions", "payments")
 FALLBACK_TOPIC = "registrations"
 
 
 class _Envelope(msgspec.Struct):
     type: Any = None
     person_id: Any = None
-    occurred_at: Any = None
 
 
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
@@ -51,27 +57,18 @@ _ENVELOPE = msgspec.json.Decoder(_Envelope)
 class Routed:
     topic: str  # short name (no prefix)
     key: bytes | None
-    timestamp: int  # ms
 
 
-def route(raw: bytes, last_ts: int = 0) -> Routed:
-    """Where a raw line goes: its type's topic (or registrations), key, timestamp ms."""
+def route(raw: bytes) -> Routed:
+    """Where a raw line goes: its type's topic (or registrations), and its key."""
     try:
         env = _ENVELOPE.decode(raw)
     except msgspec.DecodeError:
-        return Routed(FALLBACK_TOPIC, None, last_ts)
+        return Routed(FALLBACK_TOPIC, None)
     topic = TOPIC_OF.get(env.type, FALLBACK_TOPIC) if isinstance(env.type, str) else (
         FALLBACK_TOPIC)
     key = env.person_id.encode() if isinstance(env.person_id, str) else None
-    ts = last_ts
-    if isinstance(env.occurred_at, str):
-        try:
-            when = dt.datetime.fromisoformat(env.occurred_at)
-            if when.tzinfo is not None:
-                ts = int(when.timestamp() * 1000)
-        except ValueError:
-            pass
-    return Routed(topic, key, ts)
+    return Routed(topic, key)
 
 
 def seq_header(seq: int) -> tuple[str, bytes]:
@@ -79,21 +76,16 @@ def seq_header(seq: int) -> tuple[str, bytes]:
 
 
 def order_headers(publisher: bytes, seq: int) -> list[tuple[str, bytes]]:
-    """``yibao-seq`` and ``yibao-publisher``: a publisher numbers its records without gaps,
-    so the sequencer's merge can tell that nothing it published earlier is still in flight
-    and need not wait for it (see :mod:`yibao.streams.merge`)."""
+    """``yibao-seq`` and ``yibao-publisher``: a publisher numbers its records from 0 without
+    gaps, so the sequencer's merge keeps its order across partitions and can tell that nothing
+    it published earlier is still in flight (see :mod:`yibao.streams.merge`)."""
     return [seq_header(seq), (PUBLISHER_HEADER, publisher)]
 
 
 def new_publisher_id() -> bytes:
+    """A publisher's id: random, so two publishers (or two runs of one) never share a
+    numbering, which starts at 0 for each."""
     return os.urandom(8)
-
-
-def seq_of(headers: Iterable[tuple[str, bytes]] | None) -> int:
-    for k, v in headers or ():
-        if k == SEQ_HEADER:
-            return int.from_bytes(v, "big", signed=True)
-    return 0
 
 
 def order_of(headers: Iterable[tuple[str, bytes]] | None) -> tuple[int, bytes | None]:
@@ -105,12 +97,6 @@ def order_of(headers: Iterable[tuple[str, bytes]] | None) -> tuple[int, bytes | 
         elif k == PUBLISHER_HEADER:
             publisher = bytes(v)
     return seq, publisher
-
-
-def new_seq_base() -> int:
-    """Sequence numbers are microseconds of wall time at publication (+ line number), so
-    several publishers' ties in event time still sort roughly by when they were sent."""
-    return time.time_ns() // 1000
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -141,13 +127,11 @@ async def publish_lines(
         config["linger_ms"] = linger_ms
     producer = AIOKafkaProducer(**config)
     await producer.start()
-    for short in TOPICS_ORDER:  # metadata first, so no topic's first batch lags the others
+    for short in INPUTS:  # metadata first, so no topic's first batch lags the others
         await producer.partitions_for(topics.name(short))
     counts: dict[str, int] = {}
-    base = new_seq_base()
     publisher = new_publisher_id()
-    sent = 0  # numbered without gaps (blank lines are not sent)
-    last_ts = 0
+    sent = 0  # numbered from 0 without gaps (blank lines are not sent)
     window = SendWindow(producer, 5000, on_progress)
     started = time.monotonic()
     try:
@@ -159,19 +143,11 @@ async def publish_lines(
             raw = line.rstrip(b"\r\n")
             if not raw.strip():
                 continue
-            r = route(raw, last_ts)
-            last_ts = r.timestamp
+            r = route(raw)
             name = topics.name(r.topic)
             if on_send is not None:
                 on_send(raw)
-            await window.send(
-                # 0, not None, for a malformed first line (no previous timestamp): None
-                # means the producer's wall clock, far ahead of any event time, and the
-                # merge would hold everything behind it in its partition until the rest
-                # of the input is drained (a reordered settlement).
-                name, raw, key=r.key, timestamp_ms=r.timestamp,
-                headers=order_headers(publisher, base + sent),
-            )
+            await window.send(name, raw, key=r.key, headers=order_headers(publisher, sent))
             sent += 1
             counts[name] = counts.get(name, 0) + 1
         await window.drain()
@@ -205,7 +181,7 @@ async def read_topic(settings: Settings, topic: str, *, timeout: float = 60.0
             await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic)
         if not parts:
-            raise ValueError(f"no topic {topic!r} on {settings.bootstrap_servers}")
+            raise NoSuchTopic(f"no topic {topic!r} on {settings.bootstrap_servers}")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -215,7 +191,7 @@ async def read_topic(settings: Settings, topic: str, *, timeout: float = 60.0
         todo = {tp for tp in tps if end[tp] > 0}
         while todo:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"export of {topic} did not reach the end in {timeout}s")
+                raise ReadTimeout(f"export of {topic} did not reach the end in {timeout}s")
             batch = await consumer.getmany(*todo, timeout_ms=200)
             for tp, records in batch.items():
                 for r in records:

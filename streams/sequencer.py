@@ -1,18 +1,21 @@
-"""The sequencer: four input topics in, the ledger (and dead letters) out.
+"""The sequencer: the input topics in (``registrations``, ``care``, ``reviews``), the ledger
+(and dead letters) out.
 
-Per released record (see :mod:`yibao.streams.merge` for the event-time merge and
-:class:`yibao.streams.cores.SequencerCore` for the decisions): validate with the file-mode codec,
-dead-letter malformed input with its origin, drop a repeated ``event_id`` (window in event
-time, default 30 days, state in the ``sequencer-dedup`` changelog), resolve person →
-household (``sequencer-persons`` changelog) and append the original bytes to the ledger,
-keyed by household, record timestamp = ``occurred_at``, headers ``yibao-seq`` and
-``yibao-origin`` (topic:partition:offset).
+Per released record (see :mod:`yibao.streams.merge` for the merge in broker order and
+:class:`yibao.streams.cores.SequencerCore` for the decisions): validate with the file-mode
+codec, dead-letter malformed input with its origin (an event on a topic that does not accept
+its type is malformed too), drop a repeated ``event_id`` (window in event time, default 30
+days, state in the ``sequencer-dedup`` changelog), resolve person → household
+(``sequencer-persons`` changelog) and append the original bytes to the ledger, keyed by
+household, record timestamp = ``occurred_at`` (the business time), header ``yibao-origin``
+(topic:partition:offset).
 
-Ordering: the merge is a total event-time order over every input partition this worker
-owns; the sequencer group uses :class:`~yibao.streams.kafka.clients.SingletonAssignor`, so one worker
-owns them all and the ledger order per household is the publication order, whatever the
-number of workers (the others stand by; the settlement processors, where the work is,
-scale out). From then on the ledger fixes the order for every replay.
+Ordering: the merge is a total order over every input partition this worker owns, by the
+broker's append time; the sequencer group uses
+:class:`~yibao.streams.kafka.clients.SingletonAssignor`, so one worker owns them all and the
+ledger order per household is what the broker saw, whatever the number of workers (the
+others stand by; the settlement processors, where the work is, scale out). From then on the
+ledger fixes the order for every replay.
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ from yibao.streams.kafka.changelog import decode_position, read_changelog
 from yibao.streams.kafka.clients import SingletonAssignor, StageConfig, make_producer, stop_later
 from yibao.streams.kafka.outbox import Outbox
 from yibao.streams.merge import TP, Record, TimestampMerge
-from yibao.streams.publish import SEQ_HEADER, order_of
+from yibao.streams.publish import order_of
 from yibao.streams.runtime import TxnStage, log, percentiles
 from yibao.streams.topics import Topics
 
 ORIGIN_HEADER = "yibao-origin"
+#: ConsumerRecord.timestamp_type of a broker-stamped record (Kafka's TimestampType).
+LOG_APPEND_TIME = 1
 
 
 class Sequencer(TxnStage):
@@ -57,8 +62,9 @@ class Sequencer(TxnStage):
                  window: dt.timedelta = dt.timedelta(days=30)) -> None:
         super().__init__(cfg, topics.inputs, SingletonAssignor)
         self.t = topics
-        self.core = SequencerCore(window=window)
+        self.core = SequencerCore(window=window, accepts=topics.accepts)
         self.merge = TimestampMerge(max_wait=max_wait)
+        self._create_time_seen: set[str] = set()  # see record_time()
         self.next_offset: dict[TopicPartition, int] = {}
         self.assigned: set[TopicPartition] = set()
         self.outbox = Outbox(self.producer)
@@ -147,6 +153,16 @@ class Sequencer(TxnStage):
                 "released_in_sequence": self.merge.released_at_once,
                 "fused_records": self.fused_records}
 
+    def record_time(self, topic: str, wall_ms: int) -> int:
+        """The merge time of a record whose topic stamps the producer's time (CreateTime: a
+        topic created without ``yibao topics create``): when it was fetched, not the
+        producer's clock, which must never decide the order."""
+        if topic not in self._create_time_seen:
+            self._create_time_seen.add(topic)
+            log.warning("sequencer.create_time_topic", topic=topic,
+                        fix="yibao topics create sets message.timestamp.type=LogAppendTime")
+        return wall_ms
+
     def poll_timeout_ms(self) -> int:
         deadline = self.merge.next_deadline()
         if deadline is None:
@@ -177,10 +193,12 @@ class Sequencer(TxnStage):
             if not records:
                 continue
             mtp = TP(tp.topic, tp.partition)
+            wall_ms = time.time_ns() // 1_000_000
             for r in records:
                 seq, publisher = order_of(r.headers)
-                merge.add(Record(mtp, r.offset, r.timestamp, seq, r.key, r.value, now,
-                                 publisher))
+                ts = r.timestamp if r.timestamp_type == LOG_APPEND_TIME else self.record_time(
+                    tp.topic, wall_ms)
+                merge.add(Record(mtp, r.offset, ts, seq, r.key, r.value, now, publisher))
             self.next_offset[tp] = records[-1].offset + 1
         consumer = self.consumer
         for tp in self.assigned:
@@ -239,7 +257,6 @@ class Sequencer(TxnStage):
                 outbox.add(deadletter, p, out.key, out.value, out.timestamp or None)
                 continue
             headers = [
-                (SEQ_HEADER, rec.seq.to_bytes(8, "big", signed=True)),
                 (ORIGIN_HEADER, f"{rec.tp.topic}:{rec.tp.partition}:{rec.offset}".encode()),
             ]
             lp = await outbox.partition_for(ledger, out.key)

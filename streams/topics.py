@@ -6,27 +6,31 @@ share state.
 
 | topic | key | kept |
 |---|---|---|
-| registrations, visits, prescriptions, payments | person_id | forever |
+| registrations (bureau), care (hospitals), reviews (auditors) | person_id | forever |
 | ledger | household_id (person_id while unregistered) | forever |
 | settlements | household_id | forever |
 | deadletter | the input's key | forever |
 | sequencer-{dedup,persons,counts,stash}-changelog | store key | compacted |
 | processor-{households,visits}-changelog | store key | compacted |
 
-Why inputs and dead letters are kept forever too: a record's timestamp is its event time
-(``occurred_at``), and the broker's time retention (7 days by default) counts from it, so a
-backfill or a replay of events older than that was deleted by the next retention check
-(every 5 minutes), read or not: the sequencer lost the records it had not read yet and then
-waited for them for ever (its position stayed below the new log start), and the dead
-letters of old events vanished before any audit. Purge inputs below the sequencer group's
-committed offsets (``kafka-delete-records``) if disk matters: they trail the positions the
-sequencer commits with its state by about a second, so what is below them is sequenced.
+The input topics (events.md, "Topics and order") are one per *authority*, and their record
+timestamps are the broker's (``message.timestamp.type=LogAppendTime``): the sequencer orders
+the inputs by what the broker saw, so a producer's clock (an hour ahead, a day behind, a year
+off) changes nothing. :func:`create_all` sets that on input topics created before it existed.
+
+Why inputs, ledger and dead letters are kept forever: the ledger's record timestamps are
+event times (``occurred_at``), and the broker's time retention (7 days by default) counts from
+them, so a backfill of events older than that was deleted by the next retention check (every
+5 minutes), read or not; and an input the sequencer has not read yet (a worker down for a
+week) must not go either. Purge inputs below the sequencer group's committed offsets
+(``kafka-delete-records``) if disk matters: they trail the positions the sequencer commits
+with its state by about a second, so what is below them is sequenced.
 
 The same event-time timestamps made the broker roll a new segment whenever the event time in
 a partition moved past ``segment.ms`` (7 days) — for the 2.7-year sample, a segment (open
-.log file, two index maps, a producer snapshot) every few dozen records, ~20 per input
-partition per copy — until the broker ran out of file descriptors ("Too many open files")
-and shut down its log dir after a dozen benchmark runs. These topics roll by size only.
+.log file, two index maps, a producer snapshot) every few dozen records, ~20 per partition
+per copy — until the broker ran out of file descriptors ("Too many open files") and shut
+down its log dir after a dozen benchmark runs. These topics roll by size only.
 """
 
 from __future__ import annotations
@@ -36,13 +40,20 @@ from dataclasses import dataclass
 
 from yibao.schemas.events import TOPIC_OF
 from yibao.settings import Settings
-from yibao.streams.kafka.io import create_topics
+from yibao.streams.kafka.admin import create_topics, ensure_topic_config
 
-INPUTS = ("registrations", "visits", "prescriptions", "payments")
+#: The input topics, one per publishing authority (bureau, hospitals, auditors).
+INPUTS = ("registrations", "care", "reviews")
 assert set(TOPIC_OF.values()) == set(INPUTS)
+
+#: The input types each input topic accepts (a type elsewhere is dead-lettered).
+ACCEPTS: dict[str, frozenset[str]] = {
+    topic: frozenset(t for t, where in TOPIC_OF.items() if where == topic) for topic in INPUTS}
 
 # segment.ms: Long.MAX_VALUE, i.e. roll by size only (see above).
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "segment.ms": str(2**63 - 1)}
+#: Record timestamps of the inputs are the broker's append time: the merge's order.
+BROKER_TIME = {"message.timestamp.type": "LogAppendTime"}
 # Compaction only cleans closed segments, and the broker's defaults close one at 1 GB or
 # after 7 days: until then a restore reads every change ever written. The soak (2,000
 # events/s) restored 5.8 million dedup/persons records in 109 s after a rebalance at 25
@@ -70,6 +81,11 @@ class Topics:
 
     def input_for_type(self, type_name: str) -> str:
         return self.name(TOPIC_OF[type_name])
+
+    @property
+    def accepts(self) -> dict[str, frozenset[str]]:
+        """Input topic (full name) -> the type tags it accepts."""
+        return {self.name(t): types for t, types in ACCEPTS.items()}
 
     @property
     def ledger(self) -> str:
@@ -105,8 +121,10 @@ async def create_all(settings: Settings) -> list[str]:
     """Create every topic of the pipeline that doesn't exist yet (idempotent)."""
     t = Topics.of(settings)
     n = settings.partitions
-    await create_topics(settings, [*t.inputs, t.deadletter, t.ledger, t.settlements],
-                        partitions=n, config=FOREVER)
+    await create_topics(settings, t.inputs, partitions=n, config={**FOREVER, **BROKER_TIME})
+    await ensure_topic_config(settings, t.inputs, BROKER_TIME)
+    await create_topics(settings, [t.deadletter, t.ledger, t.settlements], partitions=n,
+                        config=FOREVER)
     await create_topics(settings, t.changelogs, partitions=n, config=COMPACTED)
     return [*t.inputs, t.ledger, t.settlements, t.deadletter, *t.changelogs]
 

@@ -34,7 +34,13 @@ from yibao.schemas.codec import Codec
 from yibao.schemas.exceptions import SchemaError
 from yibao.settings import Settings
 from yibao.streams.cores import DEAD_LETTER_RAW_MAX, SequencerCounts
-from yibao.streams.publish import producer_config, read_topic, route, seq_header
+from yibao.streams.publish import (
+    new_publisher_id,
+    order_headers,
+    producer_config,
+    read_topic,
+    route,
+)
 from yibao.streams.sequencer import read_books
 from yibao.streams.topics import INPUTS, Topics, create_all
 from yibao.streams.worker import spawn, terminate
@@ -229,10 +235,9 @@ def _valid_log(tmp: Path, households: int, seed: int) -> list[bytes]:
 
 async def _produce(settings: Settings, valid: list[bytes], hostile: list[tuple[str, bytes | None]],
                    rng: random.Random) -> dict[tuple[str, int, int], str]:
-    """Valid lines as `yibao publish` sends them, hostile records raw at random places in
-    between (random input topic and key; the previous line's timestamp and the next sequence
-    number, so the merge order is the file order). Returns hostile (topic, partition,
-    offset) -> category."""
+    """Valid lines as `yibao publish` sends them (numbered: they apply in file order),
+    hostile records raw at random places in between (random input topic and key, no headers,
+    the producer's clock). Returns hostile (topic, partition, offset) -> category."""
     t = Topics.of(settings)
     cfg = {**producer_config(settings), "max_request_size": 1_040_000, "max_batch_size": 1_040_000}
     producer = AIOKafkaProducer(**cfg)
@@ -240,10 +245,7 @@ async def _produce(settings: Settings, valid: list[bytes], hostile: list[tuple[s
     at = sorted(rng.randrange(len(valid) + 1) for _ in hostile)
     keys = [None, b"", b"P0000001", b"\xff\xfe", b"k" * 300]
     futures: list[tuple[str, asyncio.Future[object]]] = []
-    # A hostile record's timestamp is its neighbour's: one far ahead in event time (the
-    # producer's wall clock, say) would hold back every record behind it in its partition
-    # (the merge is FIFO per partition), which reorders valid traffic — see the README.
-    seq, last_ts, h = time.time_ns() // 1000, route(valid[0]).timestamp, 0
+    publisher, seq, h = new_publisher_id(), 0, 0
     try:
         for i in range(len(valid) + 1):
             while h < len(hostile) and at[h] == i:
@@ -252,15 +254,12 @@ async def _produce(settings: Settings, valid: list[bytes], hostile: list[tuple[s
                 key = rng.choice(keys)
                 if value is None and key is None:  # aiokafka sends no record without either
                     key = b"P0000001"
-                fut = await producer.send(topic, value, key=key,
-                                          timestamp_ms=last_ts, headers=[seq_header(seq)])
-                futures.append((category, fut))
-                seq, h = seq + 1, h + 1
+                futures.append((category, await producer.send(topic, value, key=key)))
+                h += 1
             if i < len(valid):
-                r = route(valid[i], last_ts)
-                last_ts = r.timestamp
+                r = route(valid[i])
                 await producer.send(t.name(r.topic), valid[i], key=r.key,
-                                    timestamp_ms=r.timestamp or None, headers=[seq_header(seq)])
+                                    headers=order_headers(publisher, seq))
                 seq += 1
         await producer.flush()
         out: dict[tuple[str, int, int], str] = {}

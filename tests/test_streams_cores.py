@@ -1,10 +1,11 @@
 """The live pipeline's logic without a broker: partition the spec logs as Kafka would, merge
-them by timestamp, sequence, shard the state by household and fold — and get exactly the
-outputs of file mode (`yibao settle`)."""
+them in the broker's order, sequence, shard the state by household and fold — and get exactly
+the outputs of file mode (`yibao settle`)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,6 @@ from yibao.rules.engine import Engine
 from yibao.rules.fold import Fold
 from yibao.rules.policy import load_policy
 from yibao.schemas.codec import Codec
-from yibao.schemas.events import TOPIC_OF
 from yibao.streams.cores import (
     DEDUP_STORE,
     Change,
@@ -28,6 +28,7 @@ from yibao.streams.cores import (
 )
 from yibao.streams.merge import TP, Record, TimestampMerge
 from yibao.streams.publish import route
+from yibao.streams.topics import ACCEPTS, INPUTS
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
 if not EXAMPLES.exists():
@@ -38,28 +39,42 @@ def _partition(key: bytes | None, n: int) -> int:
     return 0 if key is None else (murmur2(key) & 0x7FFFFFFF) % n
 
 
-def live_outputs(lines: list[bytes], partitions: int = 8, ledger_partitions: int = 8
+def appended(lines: list[bytes], partitions: int, rng: random.Random | None = None,
+             publisher: bytes | None = b"publish-1") -> list[Record]:
+    """The lines as the broker appends them for one producer: routed and keyed as
+    ``yibao publish`` does, numbered (headers) unless ``publisher`` is None, and stamped with
+    append times the way a producer's batches land — with ``rng``, the batches of each window
+    of 40 lines reach their partitions in a random order, a few ms apart, so append time
+    across partitions is not the file's order (it is within a partition)."""
+    offsets: Counter[TP] = Counter()
+    last: dict[TP, int] = {}
+    out: list[Record] = []
+    for seq, raw in enumerate(lines):
+        r = route(raw)
+        tp = TP(r.topic, _partition(r.key, partitions))
+        window = seq // 40 * 10
+        ts = window + (rng.randrange(0, 12) if rng is not None else 0)
+        ts = max(ts, last.get(tp, 0))  # one partition: append order, times never go back
+        last[tp] = ts
+        out.append(Record(tp, offsets[tp], ts, seq if publisher else 0, r.key, raw,
+                          publisher=publisher))
+        offsets[tp] += 1
+    return out
+
+
+def live_outputs(lines: list[bytes], partitions: int = 8, ledger_partitions: int = 8,
+                 rng: random.Random | None = None, publisher: bytes | None = b"publish-1",
                  ) -> tuple[list[tuple[str, str]], dict[str, list[str]], int]:
     """Simulate publish → sequencer → ledger → processor; return (caused_by, type) pairs,
     the per-household caused_by order, and the dead-letter count."""
     merge = TimestampMerge()
-    offsets: Counter[TP] = Counter()
-    per_tp: dict[TP, list[Record]] = defaultdict(list)
-    last_ts = 0
-    for seq, raw in enumerate(lines):
-        r = route(raw, last_ts)
-        last_ts = r.timestamp
-        tp = TP(r.topic, _partition(r.key, partitions))
-        per_tp[tp].append(Record(tp, offsets[tp], r.timestamp, seq, r.key, raw))
-        offsets[tp] += 1
-    tps = {TP(t, p) for t in set(TOPIC_OF.values()) for p in range(partitions)}
+    tps = {TP(t, p) for t in INPUTS for p in range(partitions)}
     merge.assign(tps)
-    for recs in per_tp.values():
-        for rec in recs:
-            merge.add(rec)
+    for rec in appended(lines, partitions, rng, publisher):
+        merge.add(rec)
     for tp in tps:
         merge.set_caught_up(tp, True)
-    seq_core = SequencerCore()
+    seq_core = SequencerCore(accepts=ACCEPTS)
     for p in range(partitions):
         seq_core.assign(p)
     proc = ProcessorCore(Engine(load_policy(None)))
@@ -105,13 +120,17 @@ def _by_time(*logs: list[bytes]) -> list[bytes]:
         json.loads(x)["occurred_at"])))
 
 
-@pytest.mark.parametrize(("name", "partitions"),
-                         [("worked", 8), ("sample", 8), ("both", 2), ("both", 4), ("both", 8)])
-def test_sharded_pipeline_matches_file_mode(name: str, partitions: int) -> None:
+@pytest.mark.parametrize(("name", "partitions", "shuffled"),
+                         [("worked", 8, False), ("sample", 8, False), ("both", 2, True),
+                          ("both", 4, True), ("both", 8, True), ("sample", 8, True)])
+def test_sharded_pipeline_matches_file_mode(name: str, partitions: int, shuffled: bool) -> None:
+    """Numbered by ``yibao publish``, the log applies in the file's order, even when the
+    producer's batches reach their partitions out of order (``shuffled``)."""
     # "both": one log in event-time order, the worked example inside the sample's two years
     both = name == "both"
     lines = _by_time(_lines("worked"), _lines("sample")) if both else _lines(name)
-    live, order, _ = live_outputs(lines, partitions, partitions)
+    rng = random.Random(partitions) if shuffled else None
+    live, order, _ = live_outputs(lines, partitions, partitions, rng)
     expected = file_outputs(lines)
     assert Counter(live) == Counter(expected)
     # per household, the outputs come in file order
@@ -119,6 +138,61 @@ def test_sharded_pipeline_matches_file_mode(name: str, partitions: int) -> None:
     for hh, eids in order.items():
         idx = [position[e.split("/")[0]] for e in eids]
         assert idx == sorted(idx), hh
+
+
+def test_without_the_numbering_out_of_order_batches_reorder_a_household() -> None:
+    """The same shuffled appends from a producer that numbers nothing: append time alone
+    puts some of a household's events out of the file's order (what the numbering of
+    ``yibao publish`` is for), yet a person's events on one topic stay in partition order."""
+    lines = _by_time(_lines("worked"), _lines("sample"))
+    merge = TimestampMerge()
+    tps = {TP(t, p) for t in INPUTS for p in range(8)}
+    merge.assign(tps)
+    records = appended(lines, 8, random.Random(8), publisher=None)
+    for rec in records:
+        merge.add(rec)
+    for tp in tps:
+        merge.set_caught_up(tp, True)
+    released = merge.pop_ready(0.0)
+    index = {id(r): i for i, r in enumerate(records)}
+    file_order = [index[id(r)] for r in released]
+    assert file_order != sorted(file_order)
+    per_tp: dict[TP, list[int]] = defaultdict(list)
+    for r in released:
+        per_tp[r.tp].append(r.offset)
+    assert all(offs == sorted(offs) for offs in per_tp.values())
+
+
+def test_an_event_on_a_topic_that_does_not_accept_its_type_is_dead_lettered() -> None:
+    """A hospital credential writes ``care``: its PersonalAccountCredited (a bureau event)
+    is dead-lettered, naming topic and type, and credits nothing; on ``registrations`` the
+    same bytes apply."""
+    import json
+
+    from yibao.dev.events import envelope
+
+    credit = json.dumps(envelope("PersonalAccountCredited", "P-1", "2025-03-01T09:00:00+08:00",
+                                 amount_fen=10_000_000)).encode()
+    seq = SequencerCore(accepts={f"x.{t}": types for t, types in ACCEPTS.items()})
+    seq.assign(0)
+    dl = seq.process(Record(TP("x.care", 0), 7, 0, 0, b"P-1", credit), [])
+    assert isinstance(dl, DeadLetterAppend)
+    body = json.loads(dl.value)
+    assert "x.care" in body["error"] and "PersonalAccountCredited" in body["error"]
+    assert "x.registrations" in body["error"] and body["path"] == "$.type"
+    assert body["origin"] == {"topic": "x.care", "partition": 0, "offset": 7}
+    assert seq.books[0].dead_lettered == 1 and "P-1" not in seq.persons[0]
+    ok = seq.process(Record(TP("x.registrations", 0), 8, 0, 0, b"P-1", credit), [])
+    assert isinstance(ok, LedgerAppend)
+    # every type has exactly one home
+    assert sorted(t for types in ACCEPTS.values() for t in types) == sorted(
+        ["PersonRegistered", "AssistanceStatusChanged", "PersonalAccountCredited",
+         "FamilyAidAuthorized", "FamilyAidRevoked", "SpecialDiseaseCertified",
+         "CrossRegionFiled", "EnrollmentSuspended", "EnrollmentResumed", "PersonDeceased",
+         "CreditLineGranted", "CreditRepaid", "VisitOpened", "PrescriptionIssued",
+         "ItemsCharged", "ChargeReversed", "VisitClosed", "VisitRefunded", "PaymentMade",
+         "PreSettlementRequested", "AuditFlagReviewed"])
+    assert ACCEPTS["reviews"] == {"AuditFlagReviewed"}
 
 
 def test_malformed_lines_are_dead_lettered_with_origin() -> None:
@@ -328,49 +402,112 @@ def test_merge_releases_a_publishers_next_record_at_once_and_waits_after_a_gap()
     m.assign({a, b})
     m.set_caught_up(b, True)
     m.add(Record(a, 0, 100, 1, None, b"", 0.0, pub))
-    assert m.pop_ready(0.001) == []  # first seen of this publisher: waits as before
+    # first seen of this publisher, not its seq 0 (a restart): waits as before
+    assert m.pop_ready(0.001) == []
     assert [r.seq for r in m.pop_ready(0.021)] == [1]
     m.add(Record(a, 1, 110, 2, None, b"", 1.0, pub))
     assert [r.seq for r in m.pop_ready(1.0)] == [2]  # in sequence: no wait
     m.add(Record(a, 2, 120, 4, None, b"", 2.0, pub))
     assert m.pop_ready(2.0) == []  # seq 3 is missing: wait for it
-    m.add(Record(b, 0, 115, 3, None, b"", 2.005, pub))
-    assert [r.seq for r in m.pop_ready(2.005)] == [3, 4]  # 3 arrived: both go, in order
+    assert m.pop_ready(2.5) == []  # ...beyond the merge wait: it is in flight
+    assert m.next_deadline() == pytest.approx(2.0 + m.hole_wait)
+    m.add(Record(b, 0, 115, 3, None, b"", 2.6, pub))
+    assert [r.seq for r in m.pop_ready(2.6)] == [3, 4]  # 3 arrived: both go, in order
     other = Record(a, 3, 130, 7, None, b"", 3.0, None)  # no publisher header: waits
     m.add(other)
     assert m.pop_ready(3.0) == [] and m.pop_ready(3.021) == [other]
-    assert m.released_at_once == 2
+    assert m.released_at_once == 1  # seq 2 (4 had waited longer than the wait already)
 
 
-def _merge_after_first_record(pub: bytes, tps: list[TP], first_on: TP) -> TimestampMerge:
-    """A 20 ms merge over caught-up ``tps`` that has released ``pub``'s seq 1 (ts 100, on
-    ``first_on``): the first record seen of a publisher waits out the wait."""
+def test_merge_a_publishers_seq_0_goes_at_once() -> None:
+    """Numbering starts at 0: a publisher's first record has nothing before it."""
+    a, idle = TP("care", 0), TP("care", 1)
     m = TimestampMerge(max_wait=0.02)
-    m.assign(set(tps))
-    for tp in tps:
-        m.set_caught_up(tp, True)
-    m.add(Record(first_on, 0, 100, 1, None, b"", 0.0, pub))
-    assert m.pop_ready(0.001) == []
-    assert [r.seq for r in m.pop_ready(0.03)] == [1]
-    return m
+    m.assign({a, idle})
+    m.set_caught_up(idle, True)
+    m.add(Record(a, 0, 100, 0, None, b"", 0.0, b"new"))
+    assert [r.seq for r in m.pop_ready(0.0)] == [0]
 
 
-def test_merge_a_hole_left_by_the_wait_running_out_keeps_the_publisher_waiting() -> None:
-    """The soak's case: seq 2 (a visit's opening) is still in flight when seq 3 (another
-    person's) has waited out the wait and goes; seq 4 (a charge on that visit) must not go at
-    once just because 3 did — 2 is missing — or the charge overtakes its visit's opening."""
-    v, p, q = TP("visits", 0), TP("prescriptions", 0), TP("visits", 1)
+def test_merge_keeps_a_publishers_order_when_its_batches_land_out_of_order() -> None:
+    """The broker stamped seq 5's batch (partition b) before seq 3-4's (partition a): append
+    time says 5 first, the publisher's numbering says 3, 4, 5 — the numbering wins. A plain
+    record (no header) stamped between them is merged by append time: it goes before 3, as
+    the heap's first, once a is known to be behind it."""
+    a, b, c = TP("care", 0), TP("care", 1), TP("registrations", 0)
     pub = b"publish1"
-    m = _merge_after_first_record(pub, [v, p, q], q)
-    m.add(Record(q, 1, 120, 3, None, b"", 1.0, pub))  # 2 is still in flight
-    assert m.pop_ready(1.001) == []
-    assert [r.seq for r in m.pop_ready(1.021)] == [3]  # the wait ran out: 3 goes anyway
-    m.add(Record(p, 0, 130, 4, None, b"", 1.022, pub))
-    assert m.pop_ready(1.022) == []  # 2 is still missing: 4 waits
-    m.add(Record(v, 0, 110, 2, None, b"", 1.025, pub))
-    assert [r.seq for r in m.pop_ready(1.025)] == [2, 4]  # 2, then 4 (now in sequence)
-    m.add(Record(v, 1, 140, 5, None, b"", 2.0, pub))
-    assert [r.seq for r in m.pop_ready(2.0)] == [5]
+    m = TimestampMerge(max_wait=0.02)
+    m.assign({a, b, c})
+    for tp in (a, b, c):
+        m.set_caught_up(tp, True)
+    m.add(Record(a, 0, 100, 2, None, b"", 0.0, pub))
+    assert [r.seq for r in m.pop_ready(0.03)] == [2]  # first seen: after the wait
+    m.add(Record(b, 0, 200, 5, None, b"", 1.0, pub))
+    m.add(Record(c, 0, 205, 0, None, b"", 1.0, None))
+    assert m.pop_ready(1.0) == []  # 3 and 4 are in flight: 5 waits for them
+    m.add(Record(a, 1, 210, 3, None, b"", 1.004, pub))
+    m.add(Record(a, 2, 210, 4, None, b"", 1.004, pub))
+    out = m.pop_ready(1.004)
+    assert [(r.tp, r.seq) for r in out] == [(a, 3), (a, 4), (b, 5)]
+    # the plain record: released by append time once the merge wait is over
+    assert [r.tp for r in m.pop_ready(1.021)] == [c]
+    assert m.buffered_seqs == {} and m.publishers[pub].next == 6
+
+
+def test_merge_lets_the_record_in_front_of_a_publishers_next_go_first() -> None:
+    """seq 2 is buffered behind another producer's record in its partition: that record
+    goes first (partition order), then 2, then 3 — even though 3 was stamped earliest."""
+    a, b = TP("care", 0), TP("care", 1)
+    pub = b"publish1"
+    m = TimestampMerge(max_wait=0.0)
+    m.assign({a, b})
+    m.set_caught_up(a, True)
+    m.set_caught_up(b, True)
+    m.add(Record(a, 0, 100, 1, None, b"", 0.0, pub))
+    m.add(Record(b, 0, 90, 0, None, b"", 0.0, None))
+    assert [(r.tp, r.offset) for r in m.pop_ready(0.0)] == [(b, 0), (a, 0)]
+    m.add(Record(a, 1, 150, 3, None, b"", 1.0, pub))  # heads the merge by append time
+    m.add(Record(b, 1, 160, 0, None, b"", 1.0, None))  # another producer's, in front of 2
+    m.add(Record(b, 2, 160, 2, None, b"", 1.0, pub))
+    out = m.pop_ready(1.0)
+    assert [(r.tp, r.offset) for r in out] == [(b, 1), (b, 2), (a, 1)]
+
+
+def test_merge_two_publishers_waiting_on_each_other_fall_back_to_append_time() -> None:
+    """P's next is behind Q's record, Q's next is behind P's: a cycle no order satisfies;
+    append time decides rather than a deadlock."""
+    a, b = TP("care", 0), TP("care", 1)
+    m = TimestampMerge(max_wait=0.0)
+    m.assign({a, b})
+    m.set_caught_up(a, True)
+    m.set_caught_up(b, True)
+    for pub, tp in ((b"P", a), (b"Q", b)):  # both known, next = 1
+        m.add(Record(tp, 0, 10, 0, None, b"", 0.0, pub))
+    assert len(m.pop_ready(0.0)) == 2
+    m.add(Record(a, 1, 100, 2, None, b"", 1.0, b"P"))
+    m.add(Record(a, 2, 100, 1, None, b"", 1.0, b"Q"))
+    m.add(Record(b, 1, 101, 2, None, b"", 1.0, b"Q"))
+    m.add(Record(b, 2, 101, 1, None, b"", 1.0, b"P"))
+    out = m.pop_ready(1.0)
+    assert len(out) == 4 and (out[0].tp, out[0].offset) == (a, 1)
+
+
+def test_merge_a_hole_that_outlasts_the_hole_wait_is_given_up() -> None:
+    """A publisher that died with a batch unsent: its later record waits ``hole_wait`` for
+    the missing one, then goes; the numbering goes on from there."""
+    v = TP("care", 0)
+    pub = b"publish1"
+    m = TimestampMerge(max_wait=0.02, hole_wait=0.5)
+    m.assign({v})
+    m.set_caught_up(v, True)
+    m.add(Record(v, 0, 100, 0, None, b"", 0.0, pub))
+    assert [r.seq for r in m.pop_ready(0.0)] == [0]
+    m.add(Record(v, 1, 120, 3, None, b"", 1.0, pub))  # 1 and 2 are lost
+    assert m.pop_ready(1.49) == []
+    assert [r.seq for r in m.pop_ready(1.5)] == [3]
+    m.add(Record(v, 2, 130, 4, None, b"", 2.0, pub))
+    assert m.pop_ready(2.0) == []  # the hole (1, 2) is still open below 4
+    assert [r.seq for r in m.pop_ready(2.5)] == [4]
 
 
 def test_records_below_the_restored_position_are_never_processed_twice() -> None:
@@ -415,51 +552,30 @@ def test_a_publisher_hole_that_never_fills_is_skipped_once_and_costs_nothing_aft
     assert pub.next >= 200_000 - 7 * AHEAD_MAX
 
 
-def test_merge_releases_a_backdated_record_at_once_when_its_predecessor_is_buffered() -> None:
-    """seq 3 was published after seq 2 but happened earlier (a backdated correction): it
-    heads the merge. With 2 buffered here nothing earlier of the publisher is in flight, so
-    3 then 2 go at once (event-time order); with 2 not yet fetched, 3 waits for it."""
-    a, b, idle = TP("visits", 0), TP("payments", 0), TP("visits", 1)
-    pub = b"gateway1"
-    m = _merge_after_first_record(pub, [a, b, idle], a)
-    m.add(Record(a, 1, 200, 2, None, b"", 1.0, pub))
-    m.add(Record(b, 0, 150, 3, None, b"", 1.0, pub))
-    assert [r.seq for r in m.pop_ready(1.0)] == [3, 2]
-    m.add(Record(b, 1, 180, 5, None, b"", 2.0, pub))  # 4 not fetched yet: 5 waits for it
-    assert m.pop_ready(2.0) == []
-    m.add(Record(a, 2, 300, 4, None, b"", 2.005, pub))
-    assert [r.seq for r in m.pop_ready(2.005)] == [5, 4]
-    assert m.buffered_seqs == {} and m.publishers[pub].next == 6
-
-
 def _scan_pop_ready(m: TimestampMerge, now: float) -> list[Record]:
-    """The merge rule written as a plain scan over every partition (the reference)."""
+    """The merge rule written as a plain scan over every partition (the reference): the
+    same judgement of each head, without the heap and its stale entries."""
     out: list[Record] = []
+    m._wake_at = None
     while True:
-        best = None
-        waiting_on_idle = False
-        for tp, q in m.queues.items():
-            if q:
-                if best is None or (q[0].timestamp, q[0].seq) < (best[0].timestamp, best[0].seq):
-                    best = q
-            elif not m.caught_up[tp]:
-                return out
-            else:
-                waiting_on_idle = True
-        if best is None:
+        m._empty_caught_up = sum(1 for tp, q in m.queues.items() if not q and m.caught_up[tp])
+        if any(not q and not m.caught_up[tp] for tp, q in m.queues.items()):
             return out
-        head = best[0]
-        waits = waiting_on_idle and m.max_wait > 0 and now - head.arrived < m.max_wait
-        if waits and not m._in_sequence(head):
+        heads = [(q[0].timestamp, q[0].seq, m._index[tp], tp) for tp, q in m.queues.items() if q]
+        if not heads:
             return out
-        out.append(best.popleft())
+        tp = m._choose(min(heads)[3], now)
+        if tp is None:
+            return out
+        head = m.queues[tp].popleft()
+        out.append(head)
         if head.publisher is not None:
             m._released(head)
 
 
 def test_merge_heap_releases_exactly_what_a_scan_of_every_partition_releases() -> None:
-    """Random fetches, catch-ups, waits and rebalances over 12 partitions: the heap merge
-    and the scan release the same records in the same order."""
+    """Random fetches, catch-ups, waits, holes and rebalances over 12 partitions: the heap
+    merge (with its stale entries) and the scan release the same records in the same order."""
     import copy
     import random
 
@@ -468,7 +584,7 @@ def test_merge_heap_releases_exactly_what_a_scan_of_every_partition_releases() -
     tps = [TP(t, p) for t in ("visits", "payments", "registrations") for p in range(4)]
     pubs = [b"a", b"b", None]
     for _trial in range(40):
-        m = TimestampMerge(max_wait=0.02)
+        m = TimestampMerge(max_wait=0.02, hole_wait=0.1)
         m.assign(set(tps))
         ref = copy.deepcopy(m)
         offsets = dict.fromkeys(tps, 0)

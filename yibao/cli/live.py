@@ -22,7 +22,9 @@ def topics() -> None:
 @click.pass_obj
 def topics_create(settings: Settings) -> None:
     """Create every topic that doesn't exist yet, with YIBAO_PARTITIONS partitions
-    (idempotent); ledger and settlements are kept forever."""
+    (idempotent): the input topics registrations (bureau), care (hospitals) and reviews
+    (auditors) with message.timestamp.type=LogAppendTime (also set on existing ones), the
+    ledger, settlements and dead letters kept forever, and the stages' changelogs."""
     from yibao.streams.topics import create_all_sync
 
     names = create_all_sync(settings)
@@ -36,9 +38,10 @@ def topics_create(settings: Settings) -> None:
               help="Create the pipeline's topics first if they don't exist.")
 @click.pass_obj
 def publish(settings: Settings, events: Path, create_topics: bool) -> None:
-    """Publish EVENTS.jsonl in file order: each line to its type's topic, key person_id,
-    record timestamp occurred_at. Lines that cannot be routed go to registrations, where
-    the sequencer dead-letters them with their origin."""
+    """Publish EVENTS.jsonl in file order: each line to its type's topic (registrations,
+    care or reviews), key person_id, numbered (headers yibao-publisher, yibao-seq) so the
+    pipeline applies it in the file's order. Lines that cannot be routed go to
+    registrations, where the sequencer dead-letters them with their origin."""
     from yibao.streams.publish import publish_file
     from yibao.streams.topics import create_all_sync
 
@@ -71,7 +74,7 @@ def export(settings: Settings, topic: str, out: str, timeout: float) -> None:
         else:
             with open(out, "wb") as f:
                 n = export_topic(settings, name, f, timeout=timeout)
-    except (ValueError, TimeoutError) as exc:
+    except (LookupError, TimeoutError) as exc:  # NoSuchTopic, ReadTimeout
         raise click.ClickException(str(exc)) from None
     click.echo(f"exported {n} records of {name}", err=True)
 
