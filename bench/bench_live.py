@@ -3,7 +3,7 @@
 1. **end to end**: a time-ordered log of ``--copies`` renamed copies of the spec sample is
    published as fast as the publisher goes while a ``yibao worker`` runs; events/s = input
    events / (first publish → last expected output committed in ``settlements``).
-2. **raw ceiling**: the same input records consumed from the four input topics and produced
+2. **raw ceiling**: the same input records consumed from the input topics and produced
    to a sink topic with plain aiokafka (no decoding, no state, no transactions), same
    machine — what Kafka + Python I/O alone allow.
 3. **latency**: fresh copies published at an offered 1,000 checkouts/s (``VisitClosed``),
@@ -111,7 +111,7 @@ async def count_until(settings: Settings, topic: str, target: int, timeout: floa
 
 
 async def raw_ceiling(settings: Settings, n_records: int) -> float:
-    """Plain aiokafka consume (4 input topics) → produce (a sink topic); records/s."""
+    """Plain aiokafka consume (the input topics) → produce (a sink topic); records/s."""
     t = Topics.of(settings)
     sink = t.name("bench-raw-sink")
     await create_topics(settings, [sink], partitions=settings.partitions)

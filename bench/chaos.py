@@ -15,9 +15,10 @@ After each fault, once everything published so far is settled and projected:
   (``yibao replay``, then ``yibao verify``), table by table as multisets: rows missing, rows
   duplicated, rows different.
 
-The chunk is published while the worker is stopped, so the sequencer's event-time merge
-sees a complete backlog and the order is the file's (a fault-free reference exists only for
-that order). Seeded (``--seed``, printed). Last line:
+The chunk is published while the worker is stopped (a complete backlog, as after an
+outage); ``yibao publish`` numbers its records, so the sequencer's merge keeps the file's
+order (the fault-free reference is ``yibao settle`` over that order). Seeded (``--seed``,
+printed). Last line:
 ``chaos: <F> faults, missing <M>, duplicated <D>, different <X>``.
 """
 
@@ -56,7 +57,7 @@ from yibao.streams.worker import spawn, terminate
 ROOT = Path(__file__).resolve().parents[1]
 LEDGER_TABLES = ("registrations", "enrollment_events", "visit_events", "payment_events")
 OUTPUT_TABLES = ("claims", "payment_outcomes", "rejections", "audit_flags")
-WORKER_ENV = {"YIBAO_TRANSACTION_TIMEOUT_MS": "6000", "YIBAO_MERGE_WAIT_MS": "300"}
+WORKER_ENV = {"YIBAO_TRANSACTION_TIMEOUT_MS": "6000"}
 
 
 def say(*a: object) -> None:

@@ -214,12 +214,9 @@ def main() -> None:
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
     ap.add_argument("--window", type=float, default=5.0, help="report window, minutes")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--merge-wait-ms", type=int, default=200,
-                    help="the worker's YIBAO_MERGE_WAIT_MS: the log squeezes two years into the run "
-                         "(an event-minute is a few ms of wall time), so a visit's opening and its "
-                         "first charge are published milliseconds apart on different topics, and "
-                         "the skew between topics that the merge must absorb is far above the 20 ms "
-                         "default (at 20 ms, 92 of 1.12M outputs differed from file mode)")
+    ap.add_argument("--merge-wait-ms", type=int, default=None,
+                    help="the worker's YIBAO_MERGE_WAIT_MS (default: the worker's default; yibao "
+                         "publish numbers its records, so the file's order holds at any wait)")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--snapshot-every", type=float, default=30.0)
     ap.add_argument("--kafka-port", type=int, default=19192,
@@ -248,7 +245,9 @@ def main() -> None:
                  partitions=args.partitions)
     asyncio.run(create_all(s))
     db = folder / "soak.duckdb"
-    env = {"YIBAO_LOG_LEVEL": "info", "YIBAO_MERGE_WAIT_MS": str(args.merge_wait_ms)}
+    env = {"YIBAO_LOG_LEVEL": "info"}
+    if args.merge_wait_ms is not None:
+        env["YIBAO_MERGE_WAIT_MS"] = str(args.merge_wait_ms)
     worker = spawn(s, worker_id="soak", log_file=folder / "worker.log", env=env)
     projector = spawn_projector(s, db, folder / "projector.log", args.snapshot_every)
     pids = {"worker": worker.pid, "projector": projector.pid, "publisher": os.getpid()}

@@ -2,7 +2,10 @@
 
 Gateway teams in Java, Go or C# validate against these files; the cross-field rules that
 JSON Schema cannot express (amount = quantity × unit price, …) are listed in each schema's
-description.
+description. An input schema also says where the event goes (events.md, "Topics and
+order"): its description and the annotations ``x-kafka-topic`` (the topic, under the
+deployment's prefix) and ``x-kafka-key`` (the field whose UTF-8 bytes are the record key);
+that is all a producer sends — no headers, and the record timestamp does not matter.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from yibao.schemas.events import AUDIT_TYPES, INPUT_TYPES, OUTPUT_TYPES
+from yibao.schemas.events import AUDIT_TYPES, INPUT_TYPES, OUTPUT_TYPES, TOPIC_OF
 
 CROSS_FIELD_RULES = {
     "PersonRegistered": "A resident must have retired=false and personal_account_fen=0.",
@@ -37,9 +40,17 @@ def schemas() -> dict[str, dict[str, Any]]:
             schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
             schema["title"] = t.__name__
             note = CROSS_FIELD_RULES.get(t.__name__)
+            topic = TOPIC_OF.get(t.__name__) if direction == "input" else None
             schema["description"] = (
                 f"yibao {direction} event {t.__name__} (events.md, schema_version 1)."
                 + (f" Also: {note}" if note else "")
+                + (f" Publish it to the Kafka topic `{topic}` (under the deployment's topic "
+                   "prefix), record key = `person_id` as UTF-8 bytes, value = this JSON; "
+                   "no headers; the record timestamp is the broker's (it does not decide the "
+                   "order)." if topic else "")
             )
+            if topic:
+                schema["x-kafka-topic"] = topic
+                schema["x-kafka-key"] = "person_id"
             out[t.__name__] = schema
     return out

@@ -3,12 +3,13 @@
 * :class:`SequencerCore` — validate with the file-mode :class:`~yibao.schemas.codec.Codec`,
   dead-letter malformed input, drop a repeated ``event_id`` within an event-time window
   (:class:`DedupStore`, the semantics of :class:`yibao.rules.fold.Deduplicator`), resolve
-  person → household, and say what to append to the ledger. Its state is partitioned by the
-  input partition (the key is ``person_id`` on all three input topics, so a person's
-  registration, visits and retries all land on the same partition number) and every change
-  is reported as a changelog record, so the Kafka loop can write it in the same transaction
-  as the ledger record and a restart restores exactly the state that goes with the
-  committed input positions.
+  person → household, and say what to append to the ledger. Its state is partitioned by
+  the murmur2 hash of the ``person_id`` (:meth:`SequencerCore.state_partition`: the input
+  partition of a producer that partitions as Kafka's Java client does, so a person's
+  registration, visits and retries share it whatever topic or producer they came from) and
+  its books by input partition; every change is reported as a changelog record, so the
+  Kafka loop can write it in the same transaction as the ledger record and a restart
+  restores exactly the state that goes with the committed input positions.
 * :class:`ProcessorCore` — the household state (``dict[person_id, Person]``, stored as one
   msgpack value per household) and the pure engine: ledger record in, output events out.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections import deque
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
+from aiokafka.partitioner import murmur2
 
 from yibao.rules.engine import Engine
 from yibao.rules.fold import DEFAULT_DEDUP_WINDOW
@@ -63,6 +66,12 @@ REPLAY_HEADER = "yibao-replay"
 #: At most this many events of a not-yet-registered person are kept for the hand-over to
 #: the household; older ones are dropped (with a warning count in the books).
 STASH_MAX = 256
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _murmur2(key: bytes) -> int:
+    """Kafka's default key hash (aiokafka's is pure Python, 4 us a key: memoised)."""
+    return murmur2(key) & 0x7FFFFFFF
 
 
 def is_replay(headers: object) -> bool:
@@ -219,8 +228,11 @@ class SequencerCore:
 
     def __init__(self, codec: Codec | None = None,
                  window: dt.timedelta = DEFAULT_DEDUP_WINDOW,
-                 accepts: Mapping[str, frozenset[str]] | None = None) -> None:
+                 accepts: Mapping[str, frozenset[str]] | None = None,
+                 partitions: int | None = None) -> None:
         self.codec = codec or Codec()
+        #: how many partitions the state has (its changelogs'); see state_partition()
+        self.partitions = partitions
         #: input topic -> the event types it accepts (events.md, "Topics and order"); a
         #: topic not named here accepts every type
         self.accepts: Mapping[str, frozenset[str]] = accepts or {}
@@ -295,9 +307,8 @@ class SequencerCore:
         Returns what to write (ledger or dead letter), or ``None`` for a duplicate.
         """
         c = self.counts
-        p = rec.tp.partition
-        b = self.books[p]
-        self._books_dirty.add(p)
+        b = self.books[rec.tp.partition]
+        self._books_dirty.add(rec.tp.partition)
         c.read += 1
         b.read += 1
         raw = rec.value
@@ -311,6 +322,7 @@ class SequencerCore:
             b.dead_lettered += 1
             return DeadLetterAppend(rec.key, dead_letter_value(rec, str(exc), exc.path),
                                     rec.timestamp)
+        p = self.state_partition(event.person_id, rec.tp.partition)
         dedup = self.dedup[p]
         eid = event.event_id
         if eid in dedup:
@@ -351,6 +363,16 @@ class SequencerCore:
         c.sequenced += 1
         b.sequenced += 1
         return LedgerAppend(household.encode(), raw, ts, event, replays)
+
+    def state_partition(self, person_id: str, record_partition: int) -> int:
+        """The partition of a person's sequencer state: murmur2 of the ``person_id``, as
+        the Java client and aiokafka partition by key, whatever partitioner the producer
+        used (librdkafka's default hashes keys with CRC32, so a person's registration and
+        care events could reach different partition numbers, and the care events would not
+        find the person). Without ``partitions`` (tests of one partition): the record's."""
+        if self.partitions is None:
+            return record_partition
+        return _murmur2(person_id.encode()) % self.partitions
 
     def check_topic(self, topic: str, type_name: str) -> None:
         """An event on a topic that does not accept its type is malformed: a hospital

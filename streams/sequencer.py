@@ -107,6 +107,8 @@ class Sequencer(TxnStage):
         if assigned and not self.active:
             await self.take_over()
         self.merge.assign({TP(tp.topic, tp.partition) for tp in assigned})
+        if assigned and self.core.partitions is None:
+            self.core.partitions = await self.outbox.partitions(self.stores[DEDUP_STORE])
         parts = sorted({tp.partition for tp in new} - set(self.core.dedup))
         started = time.monotonic()
         restored = 0

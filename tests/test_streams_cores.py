@@ -74,7 +74,7 @@ def live_outputs(lines: list[bytes], partitions: int = 8, ledger_partitions: int
         merge.add(rec)
     for tp in tps:
         merge.set_caught_up(tp, True)
-    seq_core = SequencerCore(accepts=ACCEPTS)
+    seq_core = SequencerCore(accepts=ACCEPTS, partitions=partitions)
     for p in range(partitions):
         seq_core.assign(p)
     proc = ProcessorCore(Engine(load_policy(None)))
@@ -161,6 +161,31 @@ def test_without_the_numbering_out_of_order_batches_reorder_a_household() -> Non
     for r in released:
         per_tp[r.tp].append(r.offset)
     assert all(offs == sorted(offs) for offs in per_tp.values())
+
+
+def test_a_persons_state_does_not_depend_on_the_producers_partitioner() -> None:
+    """librdkafka hashes keys with CRC32 by default, aiokafka and Java with murmur2: the
+    registration and the care events of one person reach different partition numbers. The
+    sequencer keys its state by the person, so the checkout still finds the household."""
+    import json
+
+    from yibao.dev.events import closed, opened, registered
+
+    events = [registered("P-CRC", "H-CRC"), opened("P-CRC", "V-1"), closed("P-CRC", "V-1")]
+    home = _partition(b"P-CRC", 4)
+    seq = SequencerCore(accepts=ACCEPTS, partitions=4)
+    for p in range(4):
+        seq.assign(p)
+    changes: list[Change] = []
+    reg = seq.process(Record(TP("registrations", home), 0, 0, 0, b"P-CRC",
+                             json.dumps(events[0]).encode()), changes)
+    other = (home + 1) % 4
+    outs = [seq.process(Record(TP("care", other), i, 0, 0, b"P-CRC", json.dumps(e).encode()),
+                        changes) for i, e in enumerate(events[1:])]
+    assert isinstance(reg, LedgerAppend) and reg.key == b"H-CRC"
+    assert all(isinstance(o, LedgerAppend) and o.key == b"H-CRC" for o in outs)
+    assert seq.books[home].read == 1 and seq.books[other].read == 2  # books: by input partition
+    assert {p for store, p, _k, _v in changes if store != "counts"} == {home}
 
 
 def test_an_event_on_a_topic_that_does_not_accept_its_type_is_dead_lettered() -> None:
@@ -635,3 +660,22 @@ def test_a_ledger_partition_is_fused_only_once_the_processor_has_read_all_it_was
     assert to_fuse(assigned - {tp[3]}, {tp[0]}, positions, ends) == []  # not this worker's
     positions[tp[1]] = 100  # the processor committed the last record written
     assert sorted(to_fuse(assigned, set(), positions, ends)) == [tp[0], tp[1], tp[3]]
+
+
+def test_the_json_schemas_tell_a_gateway_where_each_input_goes() -> None:
+    """A gateway team in another language reads the JSON Schemas: each input names its
+    topic and key, and that the timestamp and headers do not matter; outputs name none."""
+    from yibao.schemas.events import INPUT_TYPES, OUTPUT_TYPES, TOPIC_OF
+    from yibao.schemas.jsonschema import schemas
+
+    docs = schemas()
+    for t in INPUT_TYPES:
+        doc = docs[t.__name__]
+        assert doc["x-kafka-topic"] == TOPIC_OF[t.__name__] in INPUTS
+        assert doc["x-kafka-key"] == "person_id"
+        assert f"topic `{TOPIC_OF[t.__name__]}`" in doc["description"]
+        assert "no headers" in doc["description"]
+    assert docs["PersonalAccountCredited"]["x-kafka-topic"] == "registrations"
+    assert docs["VisitClosed"]["x-kafka-topic"] == "care"
+    assert docs["AuditFlagReviewed"]["x-kafka-topic"] == "reviews"
+    assert all("x-kafka-topic" not in docs[t.__name__] for t in OUTPUT_TYPES)
