@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from yibao.clock import ZONE_NAME
+
 TS = pa.timestamp("ms", tz="UTC")
 
 
@@ -302,9 +304,9 @@ VIEWS: dict[str, tuple[str, str]] = {
         WHERE o.n = 1
     """),
     "payments": (
-        "one row per PaymentMade with its outcome: status accepted | rejected | pending", """
+        "one row per PaymentMade with its outcome: status accepted | rejected | pending", f"""
         SELECT p.event_id, p.person_key, p.visit_id, p.payment_id, p.method, p.amount_fen, p.bank,
-               p.occurred_at, CAST(timezone('Asia/Shanghai', p.occurred_at) AS DATE) AS day,
+               p.occurred_at, CAST(timezone('{ZONE_NAME}', p.occurred_at) AS DATE) AS day,
                CASE WHEN o.type = 'PaymentAccepted' THEN 'accepted'
                     WHEN o.type = 'PaymentRejected' THEN 'rejected' ELSE 'pending' END AS status,
                o.reason, o.outstanding_fen, p.src_partition, p.src_offset

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
+from yibao.clock import OFFSET_MS
 from yibao.projections.schema import AMOUNTS, TS
 from yibao.projections.transform import DEADLETTER, LEDGER, SETTLEMENTS, Record
 
@@ -131,7 +132,7 @@ SETTLEMENTS_SQL = [
     f"""INSERT INTO claims SELECT {_OHEAD}, pseudo(j.household_id), j.visit_id, j.settlement_seq,
         j.policy_version, j.benefit_year, j.service_date, j.scheme, j.kind, j.insured_region,
         j.treatment_region, j.facility_id, j.cross_province,
-        coalesce(j.service_date, CAST(make_timestamp(epoch_us(ts) + 28800000000) AS DATE)),
+        coalesce(j.service_date, CAST(make_timestamp(epoch_us(ts) + {OFFSET_MS * 1000}) AS DATE)),
         {_AMOUNTS_SQL}, {_TRACE}, {_POS}
         FROM _yibao_s WHERE j.type IN ('ClaimSettled', 'ClaimReversed')""",
     f"""INSERT INTO family_debits SELECT event_id, type, pk, pseudo(d.payer_id),

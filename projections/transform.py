@@ -22,14 +22,13 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 import pyarrow as pa
 
+from yibao.clock import ms_local_date
 from yibao.projections.schema import AMOUNTS, ARROW_SCHEMAS
 from yibao.schemas.events import Amounts
 
 LEDGER, SETTLEMENTS, DEADLETTER = "ledger", "settlements", "deadletter"
 ROLES = (LEDGER, SETTLEMENTS, DEADLETTER)
 DEV_PSEUDONYM_KEY = "yibao-dev-pseudonym-key"
-_DAY_MS = 86_400_000
-_UTC8_MS = 8 * 3_600_000
 
 
 class Record(Protocol):
@@ -372,7 +371,7 @@ class Transform:
                 "facility_id": [o.facility_id for o in os_],
                 "cross_province": [o.cross_province for o in os_],
                 "booked_on": [o.service_date if o.service_date is not None else
-                              _EPOCH + dt.timedelta(days=(r.timestamp + _UTC8_MS) // _DAY_MS)
+                              ms_local_date(r.timestamp)
                               for r, o in claims],
                 "trace": [self._trace(o) for o in os_],
             }
@@ -457,7 +456,6 @@ class Transform:
         })
 
 
-_EPOCH = dt.date(1970, 1, 1)
 _PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
 
 

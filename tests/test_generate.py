@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from yibao.clock import UTC8
 from yibao.dev.generate import GenerateConfig, GenerateStats, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,8 +184,8 @@ def test_line_items_add_up(good_events: list[dict[str, Any]]) -> None:
 def test_occurred_at_non_decreasing(good_events: list[dict[str, Any]]) -> None:
     times = [dt.datetime.fromisoformat(e["occurred_at"]) for e in good_events]
     assert all(a <= b for a, b in itertools.pairwise(times))
-    assert times[0] >= dt.datetime(2025, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=8)))
-    assert times[-1] < dt.datetime(2026, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    assert times[0] >= dt.datetime(2025, 1, 1, tzinfo=UTC8)
+    assert times[-1] < dt.datetime(2026, 1, 1, tzinfo=UTC8)
 
 
 def test_visit_timelines_are_consistent(good_events: list[dict[str, Any]]) -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "OFFSET_MS",
     "OFFSET_TEXT",
     "UTC8",
+    "ZONE_NAME",
     "as_local",
     "local_date",
     "local_day",
@@ -32,6 +33,8 @@ OFFSET_TEXT = "+08:00"
 """The RFC 3339 offset suffix of a local timestamp."""
 UTC8 = dt.timezone(OFFSET)
 """The ``tzinfo`` of UTC+08:00 (its ``tzname`` is ``UTC+08:00``)."""
+ZONE_NAME = "Asia/Shanghai"
+"""The IANA name of the same clock, for SQL engines that take a named zone (no DST since 1991)."""
 DAY_MS = 86_400_000
 """One calendar day in milliseconds."""
 

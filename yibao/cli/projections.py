@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from yibao.clock import as_local
 from yibao.settings import Settings, setting_option
 
 _DB_HELP = ("Projection file to read [default: YIBAO_DUCKDB_PATH, or its latest snapshot while "
@@ -91,8 +92,7 @@ def _parse_ts(value: str | None) -> int | None:
         t = dt.datetime.fromisoformat(value)
     except ValueError as exc:
         raise click.BadParameter(f"not an ISO timestamp or date: {value}") from exc
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    t = as_local(t)
     if len(value) == 10:  # a date: up to the end of that day
         t += dt.timedelta(days=1, milliseconds=-1)
     return int(t.timestamp() * 1000)

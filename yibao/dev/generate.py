@@ -55,6 +55,7 @@ from typing import IO, Any, NamedTuple
 
 import msgspec
 
+from yibao.clock import DAY_MS, OFFSET_MS, OFFSET_TEXT, local_day, local_midnight_ms
 from yibao.rules.engine import Engine
 from yibao.rules.policy import load_policy
 from yibao.rules.state import Person, State, Visit
@@ -68,10 +69,8 @@ __all__ = ["GenerateConfig", "GenerateStats", "generate", "generate_to_path"]
 
 # ---------------------------------------------------------------------------------- time
 
-DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 MIN_MS = 60_000
-CST_MS = 8 * HOUR_MS  # UTC+08:00
 _EPOCH_ORD = date(1970, 1, 1).toordinal()
 _DATE_STR: dict[int, str] = {}
 
@@ -93,7 +92,7 @@ def _ts(ms: int, utc: bool, millis: bool = True) -> str:
     if utc:
         t, off = ms, "+00:00"
     else:
-        t, off = ms + CST_MS, "+08:00"
+        t, off = ms + OFFSET_MS, OFFSET_TEXT
     dn, r = divmod(t, DAY_MS)
     h, r = divmod(r, HOUR_MS)
     m, r = divmod(r, MIN_MS)
@@ -103,14 +102,9 @@ def _ts(ms: int, utc: bool, millis: bool = True) -> str:
     return f"{_date_str(dn)}T{h:02d}:{m:02d}:{s:02d}{off}"
 
 
-def _local_day(ms: int) -> int:
-    """The calendar day (UTC+08:00) of an instant."""
-    return (ms + CST_MS) // DAY_MS
-
-
 def _at_local(dn: int, tod_ms: int) -> int:
     """The instant of ``tod_ms`` after midnight (UTC+08:00) of day ``dn``."""
-    return dn * DAY_MS - CST_MS + tod_ms
+    return local_midnight_ms(dn) + tod_ms
 
 
 def _month_start(dn: int) -> int:
@@ -714,7 +708,7 @@ class _Household:
             elif self.chance(0.006 if age >= 40 else 0.001):  # diagnosed during the period
                 p.special = self._special_code()
                 t = self.when(reg_day + 1)
-                self._certify(p, p.special, _local_day(t), rng.choice((365, 730)), t)
+                self._certify(p, p.special, local_day(t), rng.choice((365, 730)), t)
                 self.at(t + rng.randrange(1, 10) * DAY_MS, self._a_special, p)
             if age >= 18 and rng.random() < (0.07 if p.retired else 0.025):
                 away = self._away_region(p.region)
@@ -725,7 +719,7 @@ class _Household:
             elif age >= 18 and self.chance(0.01):
                 away = self._away_region(p.region)
                 t = self.when(reg_day + 1)
-                frm = _local_day(t)
+                frm = local_day(t)
                 p.filing = (away, frm, frm + rng.randrange(180, 731))
                 self.at(t, self._a_filing, (p, *p.filing))
             if age >= 18 and rng.random() < (0.2 if p.region[:2] == "50" else 0.1):
@@ -746,18 +740,18 @@ class _Household:
                 t = self.when(reg_day + 1)
                 cats = [c for c in (None, "low_income", "marginal", "extreme_poverty") if c != p.assistance]
                 new = rng.choice(cats)
-                eff = _month_start(_local_day(t))
+                eff = _month_start(local_day(t))
                 if rng.random() < 0.3:
                     eff = _month_start(eff - rng.randrange(1, 80))  # backdated
                 self.at(t, self._a_assist, (p, new, eff))
             if self.chance(0.03):
                 t = self.when(reg_day + 1)
-                d = _local_day(t)
+                d = local_day(t)
                 eff = d if rng.random() < 0.6 else _month_start(d)
                 self.at(t, self._a_enrollment, (p, "EnrollmentSuspended", eff))
                 if rng.random() < 0.85:
                     t2 = t + rng.randrange(20, 180) * DAY_MS
-                    eff2 = _local_day(t2) if rng.random() < 0.7 else eff
+                    eff2 = local_day(t2) if rng.random() < 0.7 else eff
                     self.at(t2, self._a_enrollment, (p, "EnrollmentResumed", eff2))
             if p.death is not None:
                 t = _at_local(p.death + rng.randrange(0, 21), rng.randrange(8 * HOUR_MS, 18 * HOUR_MS))
@@ -775,7 +769,7 @@ class _Household:
         self.at(ms, self._a_certify, (p, code, frm, to))
         if to < self.gen.end_day and rng.random() < 0.85:  # renewal, sometimes late
             t = _at_local(to + rng.randrange(-30, 26), rng.randrange(8 * HOUR_MS, 18 * HOUR_MS))
-            frm2 = to + 1 if rng.random() < 0.7 else _local_day(t)
+            frm2 = to + 1 if rng.random() < 0.7 else local_day(t)
             self._certify(p, code, frm2, rng.choice((365, 730)), max(t, ms + 1))
 
     def _special_code(self) -> str:
@@ -831,15 +825,15 @@ class _Household:
             t = self.when(reg_day + 1)
             k = rng.randrange(3)
             if k == 0:
-                self.at(t, self._a_assist, (ghost, "low_income", _month_start(_local_day(t))))
+                self.at(t, self._a_assist, (ghost, "low_income", _month_start(local_day(t))))
             elif k == 1:
-                self.at(t, self._a_enrollment, (ghost, "EnrollmentSuspended", _local_day(t)))
+                self.at(t, self._a_enrollment, (ghost, "EnrollmentSuspended", local_day(t)))
             else:
                 self.at(t, self._a_credit_line, (ghost, self._bank(), self._limit()))
         if self.chance(P_HH_ODDITY / 2):  # a disease that is in no table
             t = self.when(reg_day + 1)
             self.at(
-                t, self._a_certify, (p, rng.choice(_UNKNOWN_DISEASES), _local_day(t), _local_day(t) + 364)
+                t, self._a_certify, (p, rng.choice(_UNKNOWN_DISEASES), local_day(t), local_day(t) + 364)
             )
         if self.chance(P_HH_ODDITY / 2):  # care for a person who is not registered
             self.at(self.when(reg_day + 1), self._a_open, (ghost, "outpatient", None))
@@ -879,10 +873,10 @@ class _Household:
 
     def _next_general(self, p: _Person, now: int) -> None:
         rng = self.rng
-        dn = _local_day(now)
+        dn = local_day(now)
         o, e, i = self._rates(p, dn)
         days = rng.expovariate((o + e + i) / 365.0)
-        day = _local_day(now + int(days * DAY_MS))
+        day = local_day(now + int(days * DAY_MS))
         r = rng.random() * (o + e + i)
         kind = "outpatient" if r < o else "emergency" if r < o + e else "inpatient"
         if kind == "emergency":
@@ -897,7 +891,7 @@ class _Household:
         self.at(t, self._a_general, (p, kind))
 
     def _alive(self, p: _Person, ms: int) -> bool:
-        return p.death is None or _local_day(ms) <= p.death
+        return p.death is None or local_day(ms) <= p.death
 
     # -- actions: enrollment -----------------------------------------------------------------
 
@@ -1054,7 +1048,7 @@ class _Household:
             return None
         iv = _SPECIALS[p.special].interval
         nxt = ms + (iv + self.rng.randrange(-iv // 5, iv // 5 + 1)) * DAY_MS
-        if _local_day(nxt) <= p.special_until + 45:  # stops a while after a lapse
+        if local_day(nxt) <= p.special_until + 45:  # stops a while after a lapse
             self.at(nxt, self._a_special, p)
         if ms < p.busy_until:
             return None
@@ -1086,7 +1080,7 @@ class _Household:
         """VisitOpened; plans the visit's charges and its checkout."""
         p, kind, dx = arg
         rng = self.rng
-        dn = _local_day(ms)
+        dn = local_day(ms)
         self.nvisit += 1
         vid = f"V{self.idx:06d}-{self.nvisit}"
         special = None
