@@ -2,7 +2,7 @@
 
 * :class:`SequencerCore` — validate with the file-mode :class:`~yibao.schemas.codec.Codec`,
   dead-letter malformed input, drop a repeated ``event_id`` within an event-time window
-  (:class:`DedupStore`, the semantics of :class:`yibao.rules.fold.Deduplicator`), resolve
+  (:class:`~yibao.rules.dedup.DedupWindow`, the one rule file mode uses too), resolve
   person → household, and say what to append to the ledger. Its state is partitioned by
   the murmur2 hash of the ``person_id`` (:meth:`SequencerCore.state_partition`: the input
   partition of a producer that partitions as Kafka's Java client does, so a person's
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import msgspec
 from aiokafka.partitioner import murmur2
 
+from yibao.rules.dedup import DEFAULT_WINDOW, DedupWindow, event_ms
 from yibao.rules.engine import Engine
-from yibao.rules.fold import DEFAULT_DEDUP_WINDOW
 from yibao.rules.state import Person, State, Visit
 from yibao.schemas.codec import Codec
 from yibao.schemas.events import (
@@ -77,61 +77,6 @@ def _murmur2(key: bytes) -> int:
 def is_replay(headers: object) -> bool:
     """Whether a ledger record's headers (aiokafka's sequence of pairs) mark a replay."""
     return bool(headers) and any(k == REPLAY_HEADER for k, _ in headers)  # type: ignore[attr-defined]
-
-def _ms(ts: dt.datetime) -> int:
-    return int(ts.timestamp() * 1000)
-
-
-class DedupStore:
-    """Event ids seen within ``window`` of event time (one per input partition).
-
-    Same rule as :class:`yibao.rules.fold.Deduplicator`: an id is forgotten once the newest
-    ``occurred_at`` seen is more than ``window`` past its own; forgetting is reported so the
-    changelog gets a tombstone and stays bounded by the window too.
-    """
-
-    __slots__ = ("_newest", "_order", "_seen", "window_ms")
-
-    def __init__(self, window_ms: int) -> None:
-        self.window_ms = window_ms
-        self._seen: dict[str, int] = {}
-        self._order: deque[tuple[int, str]] = deque()
-        self._newest: int | None = None
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._seen
-
-    def add(self, event_id: str, ts_ms: int) -> list[str]:
-        """Remember ``event_id``; return the ids that fell out of the window."""
-        self._seen[event_id] = ts_ms
-        self._order.append((ts_ms, event_id))
-        expired: list[str] = []
-        if self._newest is None or ts_ms > self._newest:
-            self._newest = ts_ms
-            horizon = ts_ms - self.window_ms
-            order, seen = self._order, self._seen
-            while order and order[0][0] < horizon:
-                _, old = order.popleft()
-                if seen.pop(old, None) is not None:
-                    expired.append(old)
-        return expired
-
-    def restore(self, event_id: str, ts_ms: int | None) -> None:
-        """Replay one changelog record (``None`` = tombstone)."""
-        if ts_ms is None:
-            self._seen.pop(event_id, None)
-            return
-        self._seen[event_id] = ts_ms
-        self._order.append((ts_ms, event_id))
-        if self._newest is None or ts_ms > self._newest:
-            self._newest = ts_ms
-
-    def restored(self) -> None:
-        """Call after a restore: re-sort the window by event time."""
-        self._order = deque(sorted((t, e) for e, t in self._seen.items()))
 
 
 @dataclass(slots=True)
@@ -227,7 +172,7 @@ class SequencerCore:
     """
 
     def __init__(self, codec: Codec | None = None,
-                 window: dt.timedelta = DEFAULT_DEDUP_WINDOW,
+                 window: dt.timedelta = DEFAULT_WINDOW,
                  accepts: Mapping[str, frozenset[str]] | None = None,
                  partitions: int | None = None) -> None:
         self.codec = codec or Codec()
@@ -237,7 +182,7 @@ class SequencerCore:
         #: topic not named here accepts every type
         self.accepts: Mapping[str, frozenset[str]] = accepts or {}
         self.window_ms = int(window.total_seconds() * 1000)
-        self.dedup: dict[int, DedupStore] = {}
+        self.dedup: dict[int, DedupWindow] = {}
         self.persons: dict[int, dict[str, str]] = {}
         #: events sequenced under a person's own id before the person was registered, kept
         #: for the window after the person's last such event (then forgotten: the person
@@ -251,7 +196,7 @@ class SequencerCore:
     # -- partitions ------------------------------------------------------------------------
 
     def assign(self, partition: int) -> None:
-        self.dedup.setdefault(partition, DedupStore(self.window_ms))
+        self.dedup.setdefault(partition, DedupWindow(self.window_ms))
         self.persons.setdefault(partition, {})
         self.stash.setdefault(partition, {})
         self._stash_order.setdefault(partition, deque())
@@ -329,7 +274,7 @@ class SequencerCore:
             c.duplicates += 1
             b.duplicates += 1
             return None
-        ts = _ms(event.occurred_at)
+        ts = event_ms(event.occurred_at)
         changes.append((DEDUP_STORE, p, eid.encode(), str(ts).encode()))
         for old in dedup.add(eid, ts):
             changes.append((DEDUP_STORE, p, old.encode(), None))

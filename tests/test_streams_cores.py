@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from aiokafka.partitioner import murmur2
 
+from yibao.rules.dedup import DedupWindow
 from yibao.rules.engine import Engine
 from yibao.rules.fold import Fold
 from yibao.rules.policy import load_policy
@@ -21,7 +22,6 @@ from yibao.streams.cores import (
     DEDUP_STORE,
     Change,
     DeadLetterAppend,
-    DedupStore,
     LedgerAppend,
     ProcessorCore,
     SequencerCore,
@@ -240,7 +240,7 @@ def test_malformed_lines_are_dead_lettered_with_origin() -> None:
 
 
 def test_dedup_store_window_and_tombstones() -> None:
-    store = DedupStore(int(dt.timedelta(days=30).total_seconds() * 1000))
+    store = DedupWindow.of(dt.timedelta(days=30))
     day = 86_400_000
     assert store.add("a", 0) == []
     assert "a" in store

@@ -17,10 +17,12 @@ from typing import IO
 import click
 import msgspec
 
+from yibao.rules.dedup import DedupWindow
 from yibao.rules.engine import Engine
 from yibao.rules.exceptions import PolicyError
-from yibao.rules.fold import DeadLetter, Deduplicator, Fold
+from yibao.rules.fold import DeadLetter, Fold
 from yibao.rules.policy import load_policy
+from yibao.settings import setting_option
 
 _FLUSH_BYTES = 1 << 20
 _FREEZE_EVERY = 20_000
@@ -58,12 +60,7 @@ def dead_letter_record(dl: DeadLetter) -> dict[str, object]:
     default=None,
     help="Write malformed lines here as JSONL (line, error, raw).",
 )
-@click.option(
-    "--dedup-window-days",
-    type=click.IntRange(min=1),
-    default=30,
-    help="Event-time window within which a repeated event_id is a duplicate.",
-)
+@setting_option("--dedup-window-days", setting="dedup_window_days", type=click.IntRange(min=1))
 def settle(
     events: str, policy_path: str | None, deadletter: str | None, dedup_window_days: int
 ) -> None:
@@ -78,7 +75,7 @@ def settle(
         policy = load_policy(policy_path)
     except PolicyError as exc:
         raise click.UsageError(str(exc)) from None
-    fold = Fold(Engine(policy), dedup=Deduplicator(dt.timedelta(days=dedup_window_days)))
+    fold = Fold(Engine(policy), dedup=DedupWindow.of(dt.timedelta(days=dedup_window_days)))
     encoder = msgspec.json.Encoder()
     out = sys.stdout.buffer
     buf = bytearray()
