@@ -425,6 +425,9 @@ class Engine:
                     "SPECIAL_DISEASE_NOT_CERTIFIED",
                     f"no certification of {code} covering {d} in policy {pol.id}",
                 )
+        mismatch = charges_mismatch(visit, e.charged_total_fen, e.charged_lines)
+        if mismatch is not None:
+            return self._claim_rejected(e, "CHARGES_MISMATCH", mismatch)
         return self._settle(state, p, reg, visit, e, d, pol)
 
     def _settle(
@@ -775,6 +778,20 @@ _ENROLLMENT_CHANGES: dict[type, Callable[[Any], Change]] = {
     ev.PersonDeceased: lambda e: ("death", e.person_id, e.date_of_death),
     ev.CreditLineGranted: lambda e: ("credit_line", e.person_id, e.bank, e.limit_fen),
 }
+
+
+def charges_mismatch(visit: Visit, total_fen: int | None, lines: int | None) -> str | None:
+    """Step 0 check 9: the hospital's own bill, when it sends one, must be the visit's current
+    lines. A checkout that overtook its last charge (two producers, two systems) is refused
+    rather than settled short; the hospital sends the charges and closes again."""
+    held_total = sum(amount for _cls, amount, _cap in visit.lines.values())
+    held_lines = len(visit.lines)
+    wrong = []
+    if total_fen is not None and total_fen != held_total:
+        wrong.append(f"charged_total_fen {total_fen} but the visit's lines total {held_total}")
+    if lines is not None and lines != held_lines:
+        wrong.append(f"charged_lines {lines} but the visit holds {held_lines} current lines")
+    return "; ".join(wrong) if wrong else None
 
 
 def _chronic_condition(pol: PolicyVersion, diagnoses: list[str]) -> str | None:
