@@ -34,6 +34,8 @@ from pathlib import Path
 
 import duckdb
 
+from yibao.projections.exceptions import RegionError
+
 __all__ = [
     "RegionError",
     "export_region",
@@ -68,10 +70,6 @@ _ROWS = {
 _FROM_SOURCE = {
     "clearing": "{insured} OR {treatment}",
 }
-
-
-class RegionError(ValueError):
-    """A bad region code, or a projection that cannot be scoped."""
 
 
 def region_predicate(column: str, region: str) -> str:

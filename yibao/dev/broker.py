@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from yibao.dev.exceptions import BrokerError
 from yibao.logging import get_logger
 from yibao.settings import Settings
 
@@ -38,10 +39,6 @@ __all__ = [
 ]
 
 log = get_logger("yibao.dev.broker")
-
-
-class BrokerError(RuntimeError):
-    """The local broker cannot be started, reached or stopped; the message says what to do."""
 
 
 def project_root() -> Path:

@@ -9,5 +9,5 @@ class RulesError(YibaoError):
     """A rules-layer failure."""
 
 
-class PolicyError(RulesError):
+class PolicyError(RulesError, ValueError):
     """A policy file or document that cannot be used; the message names the key and value."""
