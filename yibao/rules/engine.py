@@ -23,6 +23,9 @@ from yibao.rules.state import Person, Settlement, State, Visit, in_force
 from yibao.schemas import events as ev
 from yibao.schemas.events import (
     Amounts,
+    AuditEntry,
+    AuditFlagRaised,
+    ClaimPreviewed,
     ClaimRejected,
     ClaimReversed,
     ClaimSettled,
@@ -32,6 +35,7 @@ from yibao.schemas.events import (
     OutputEvent,
     PaymentAccepted,
     PaymentRejected,
+    PreviewRejected,
     TraceEntry,
 )
 
@@ -91,6 +95,7 @@ class Engine:
             ev.VisitRefunded: self._visit_refunded,
             ev.PaymentMade: self._payment,
             ev.AuditFlagReviewed: self._reviewed,
+            ev.PreSettlementRequested: self._presettled,
         }
 
     # ------------------------------------------------------------------ the fold
@@ -378,38 +383,57 @@ class Engine:
     # ------------------------------------------------------------------ settlement
 
     def _visit_closed(self, state: State, e: ev.VisitClosed) -> Decision:
+        checked = self._can_settle(state, e)
+        if isinstance(checked, Refusal):
+            return self._claim_rejected(e, checked.reason, checked.detail)
+        return self._settle(state, *checked, e)
+
+    def _presettled(self, state: State, e: ev.PreSettlementRequested) -> Decision:
+        """settlement.md "Pre-settlement": Step 0 and Steps 1-6 as a checkout would run them
+        now, with no state change and no flag raised: the decision's changes are dropped."""
+        checked = self._can_settle(state, e)
+        if isinstance(checked, Refusal):
+            return Decision([PreviewRejected(
+                event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
+                visit_id=e.visit_id, reason=checked.reason, detail=checked.detail)])
+        would = self._settle(state, *checked, e)
+        return Decision([preview_of(would.outputs)])
+
+    def _can_settle(
+        self, state: State, e: ev.VisitClosed | ev.PreSettlementRequested
+    ) -> Refusal | tuple[Person, ev.PersonRegistered, Visit, dt.date, PolicyVersion]:
+        """Step 0, checks 1-9 in the spec's order: the first that fails refuses the checkout."""
         p = state.persons.get(e.person_id)
         visit = p.visits.get(e.visit_id) if p is not None else None
         # Step 0: can the visit be settled?
         if p is None or visit is None:
-            return self._claim_rejected(
-                e, "UNKNOWN_VISIT", f"{e.person_id} has no visit {e.visit_id}"
+            return Refusal(
+                "UNKNOWN_VISIT", f"{e.person_id} has no visit {e.visit_id}"
             )
         if visit.current is not None:
-            return self._claim_rejected(
-                e, "VISIT_ALREADY_SETTLED", f"visit {e.visit_id} is settled (seq {visit.seq})"
+            return Refusal(
+                "VISIT_ALREADY_SETTLED", f"visit {e.visit_id} is settled (seq {visit.seq})"
             )
         reg = p.registration
         if reg is None:
-            return self._claim_rejected(
-                e, "UNKNOWN_PERSON", f"person {e.person_id} is not registered"
+            return Refusal(
+                "UNKNOWN_PERSON", f"person {e.person_id} is not registered"
             )
         d = local_date(e.closed_at)
         vi = self.policy.version_index(d)
         if vi < 0:
-            return self._claim_rejected(
-                e, "NO_POLICY_IN_FORCE", f"no policy version in force on {d}"
+            return Refusal(
+                "NO_POLICY_IN_FORCE", f"no policy version in force on {d}"
             )
         pol = self.policy.for_region(reg.region, vi)
         if d < reg.effective_from:
-            return self._claim_rejected(
-                e, "NOT_YET_ENROLLED", f"service date {d} < enrollment {reg.effective_from}"
+            return Refusal(
+                "NOT_YET_ENROLLED", f"service date {d} < enrollment {reg.effective_from}"
             )
         if in_force(p.suspended, d, False):
-            return self._claim_rejected(e, "ENROLLMENT_SUSPENDED", f"enrollment suspended on {d}")
+            return Refusal("ENROLLMENT_SUSPENDED", f"enrollment suspended on {d}")
         if p.date_of_death is not None and p.date_of_death < visit.opened_date:
-            return self._claim_rejected(
-                e,
+            return Refusal(
                 "PERSON_DECEASED",
                 f"date of death {p.date_of_death} < visit opened {visit.opened_date}",
             )
@@ -420,15 +444,14 @@ class Engine:
             if code not in pol.special_diseases or not any(
                 c == code and f <= d <= t for c, f, t in p.certifications
             ):
-                return self._claim_rejected(
-                    e,
+                return Refusal(
                     "SPECIAL_DISEASE_NOT_CERTIFIED",
                     f"no certification of {code} covering {d} in policy {pol.id}",
                 )
         mismatch = charges_mismatch(visit, e.charged_total_fen, e.charged_lines)
         if mismatch is not None:
-            return self._claim_rejected(e, "CHARGES_MISMATCH", mismatch)
-        return self._settle(state, p, reg, visit, e, d, pol)
+            return Refusal("CHARGES_MISMATCH", mismatch)
+        return p, reg, visit, d, pol
 
     def _settle(
         self,
@@ -436,9 +459,9 @@ class Engine:
         p: Person,
         reg: ev.PersonRegistered,
         visit: Visit,
-        e: ev.VisitClosed,
         d: dt.date,
         pol: PolicyVersion,
+        e: ev.VisitClosed | ev.PreSettlementRequested,
     ) -> Decision:
         sp: SchemePolicy = pol.scheme[reg.scheme]
         o = visit.opened
@@ -778,6 +801,29 @@ _ENROLLMENT_CHANGES: dict[type, Callable[[Any], Change]] = {
     ev.PersonDeceased: lambda e: ("death", e.person_id, e.date_of_death),
     ev.CreditLineGranted: lambda e: ("credit_line", e.person_id, e.bank, e.limit_fen),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why Step 0 refuses a checkout: a ``ClaimRejected`` for a checkout, a
+    ``PreviewRejected`` for a pre-settlement, with the same reason."""
+
+    reason: str
+    detail: str
+
+
+def preview_of(settlement: list[OutputEvent]) -> ClaimPreviewed:
+    """What a checkout's outputs would say, as one ``ClaimPreviewed``: the settlement's
+    fields and its non-blocking flags as ``audit`` entries, in their emission order."""
+    settled, *flags = settlement
+    assert isinstance(settled, ClaimSettled)
+    fields = {f: getattr(settled, f) for f in settled.__struct_fields__}
+    audit = [
+        AuditEntry(rule=f.rule, severity=f.severity, detail=f.detail, line_ids=f.line_ids,
+                   related_visit_id=f.related_visit_id, amount_fen=f.amount_fen)
+        for f in flags if isinstance(f, AuditFlagRaised) and f.severity != "block"
+    ]
+    return ClaimPreviewed(**fields, audit=audit)
 
 
 def charges_mismatch(visit: Visit, total_fen: int | None, lines: int | None) -> str | None:
