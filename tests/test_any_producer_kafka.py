@@ -457,3 +457,46 @@ def test_a_checkout_that_overtakes_its_last_charge_is_refused_and_a_second_one_s
     assert by_cause[again["event_id"]]["amounts"]["total"] == 65_000  # type: ignore[index]
     assert [_doc(v)["event_id"] for v in ledger] == [e["event_id"] for e in order]
     assert_same_outputs(live, settle(ledger, tmp_path))
+
+
+async def _timestamp_types(settings: Settings, topics: list[str]) -> dict[str, str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        out = {}
+        for t in topics:
+            (response,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t)])
+            entries = {e[0]: e[1] for e in response.resources[0][4]}
+            out[t] = f"{entries['message.timestamp.type']} retention.ms={entries['retention.ms']}"
+        return out
+    finally:
+        await admin.close()
+
+
+@pytest.mark.timeout(60)
+def test_topics_create_gives_the_inputs_broker_time_also_when_they_exist(
+        kafka_bootstrap: str, unique_prefix: str) -> None:
+    """An input topic created before (CreateTime, the producer's clock) gets LogAppendTime
+    from `yibao topics create`, keeping what was set on it; new ones are created so."""
+    from click.testing import CliRunner
+
+    from yibao.cli import main as cli
+    from yibao.streams.kafka.admin import create_topics
+
+    s = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=unique_prefix, partitions=2)
+    care = s.topic_prefix + "care"
+    asyncio.run(create_topics(s, [care], partitions=2, config={"retention.ms": "-1"}))
+    assert asyncio.run(_timestamp_types(s, [care])) == {care: "CreateTime retention.ms=-1"}
+    env = {"YIBAO_BOOTSTRAP_SERVERS": kafka_bootstrap, "YIBAO_TOPIC_PREFIX": unique_prefix,
+           "YIBAO_PARTITIONS": "2"}
+    res = CliRunner().invoke(cli, ["topics", "create"], env=env)
+    assert res.exit_code == 0, res.output
+    inputs = [s.topic_prefix + t for t in ("registrations", "care", "reviews")]
+    assert asyncio.run(_timestamp_types(s, inputs)) == dict.fromkeys(
+        inputs, "LogAppendTime retention.ms=-1")
+    ledger = s.topic_prefix + "ledger"  # the ledger's timestamps stay the business time
+    assert asyncio.run(_timestamp_types(s, [ledger])) == {ledger: "CreateTime retention.ms=-1"}
