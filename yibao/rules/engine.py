@@ -17,7 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from yibao.clock import local_date
 from yibao.rules import audit
+from yibao.rules import changes as ch
+from yibao.rules.changes import apply_change
 from yibao.rules.policy import Policy, PolicyVersion, SchemePolicy
 from yibao.rules.state import Person, Settlement, State, Visit, in_force
 from yibao.schemas import events as ev
@@ -39,7 +42,6 @@ from yibao.schemas.events import (
     TraceEntry,
 )
 
-CST = dt.timezone(dt.timedelta(hours=8))
 FULL = 10000
 
 
@@ -52,18 +54,12 @@ def clamp(r: int) -> int:
     return 0 if r < 0 else (FULL if r > FULL else r)
 
 
-def local_date(ts: dt.datetime) -> dt.date:
-    """Calendar date in UTC+08:00, the date the national platform settles on."""
-    return ts.astimezone(CST).date()
-
-
-Change = tuple[Any, ...]
 
 
 @dataclass(slots=True)
 class Decision:
     outputs: list[OutputEvent] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
+    changes: list[ch.Change] = field(default_factory=list)
 
 
 _NOTHING = Decision()
@@ -107,9 +103,8 @@ class Engine:
     @staticmethod
     def evolve(state: State, decision: Decision) -> State:
         """Apply a decision's changes. The only place state is mutated."""
-        apply = _APPLY
-        for op, *args in decision.changes:
-            apply[op](state, *args)
+        for change in decision.changes:
+            apply_change(state, change)
         return state
 
     def apply(self, state: State, event: InputEvent) -> list[OutputEvent]:
@@ -177,7 +172,7 @@ class Engine:
             return self._reject(
                 e, "DUPLICATE_PERSON", f"person {e.person_id} is already registered"
             )
-        return Decision([], [("register", e)])
+        return Decision([], [ch.Registered(e)])
 
     def _account_credited(self, state: State, e: ev.PersonalAccountCredited) -> Decision:
         p = self._enrolled(state, e)
@@ -188,7 +183,7 @@ class Engine:
             return self._reject(
                 e, "NOT_AN_EMPLOYEE", f"{e.person_id} is in the {p.registration.scheme} scheme"
             )
-        return Decision([], [("balance", e.person_id, e.amount_fen)])
+        return Decision([], [ch.BalanceMoved(e.person_id, e.amount_fen)])
 
     def _aid_authorized(self, state: State, e: ev.FamilyAidAuthorized) -> Decision:
         p = self._enrolled(state, e)
@@ -215,7 +210,7 @@ class Engine:
             )
         if e.person_id in b.aid_payers:
             return _NOTHING
-        return Decision([], [("aid_add", e.beneficiary_id, e.person_id)])
+        return Decision([], [ch.AidAuthorized(e.beneficiary_id, e.person_id)])
 
     def _aid_revoked(self, state: State, e: ev.FamilyAidRevoked) -> Decision:
         p = self._enrolled(state, e)
@@ -228,7 +223,7 @@ class Engine:
                 "FAMILY_AID_INVALID",
                 f"{e.person_id} has no family-aid authorization for {e.beneficiary_id}",
             )
-        return Decision([], [("aid_remove", e.beneficiary_id, e.person_id)])
+        return Decision([], [ch.AidRevoked(e.beneficiary_id, e.person_id)])
 
     def _certified(self, state: State, e: ev.SpecialDiseaseCertified) -> Decision:
         p = self._enrolled(state, e)
@@ -242,7 +237,7 @@ class Engine:
                 "UNKNOWN_SPECIAL_DISEASE",
                 f"{e.disease_code} is not in policy {newest.id}'s table",
             )
-        return Decision([], [("certify", e.person_id, (e.disease_code, e.valid_from, e.valid_to))])
+        return Decision([], [ch.Certified(e.person_id, e.disease_code, e.valid_from, e.valid_to)])
 
     def _credit_repaid(self, state: State, e: ev.CreditRepaid) -> Decision:
         p = self._enrolled(state, e)
@@ -257,7 +252,7 @@ class Engine:
                 "REPAYMENT_EXCEEDS_BALANCE",
                 f"repaid {e.amount_fen} but {owed} is owed to {e.bank}",
             )
-        return Decision([], [("credit", e.person_id, e.bank, -e.amount_fen)])
+        return Decision([], [ch.CreditMoved(e.person_id, e.bank, -e.amount_fen)])
 
     # ------------------------------------------------------------------ care
 
@@ -267,7 +262,7 @@ class Engine:
             return self._reject(
                 e, "DUPLICATE_VISIT", f"visit {e.visit_id} is already open", e.visit_id
             )
-        return Decision([], [("open", e)])
+        return Decision([], [ch.VisitStarted(e)])
 
     def _open_visit(self, state: State, e: Any) -> Visit | Decision:
         p = state.persons.get(e.person_id)
@@ -296,7 +291,7 @@ class Engine:
                     e.visit_id,
                 )
             seen.add(item.line_id)
-        return Decision([], [("lines", e.person_id, e.visit_id, e.items)])
+        return Decision([], [ch.LinesAdded(e.person_id, e.visit_id, e.items)])
 
     def _charge_reversed(self, state: State, e: ev.ChargeReversed) -> Decision:
         visit = self._open_visit(state, e)
@@ -312,7 +307,7 @@ class Engine:
                     e.visit_id,
                 )
             seen.add(line_id)
-        return Decision([], [("unlines", e.person_id, e.visit_id, tuple(e.line_ids))])
+        return Decision([], [ch.LinesRemoved(e.person_id, e.visit_id, tuple(e.line_ids))])
 
     def _visit_refunded(self, state: State, e: ev.VisitRefunded) -> Decision:
         p = state.persons.get(e.person_id)
@@ -335,7 +330,7 @@ class Engine:
             amounts=s.amounts.negated(),
             family_debits=[FamilyDebit(payer_id=pid, amount_fen=-amt) for pid, amt in s.family],
         )
-        return Decision([out], [("reverse", e.person_id, e.visit_id)])
+        return Decision([out], [ch.Reversed(e.person_id, e.visit_id)])
 
     def _payment(self, state: State, e: ev.PaymentMade) -> Decision:
         p = state.persons.get(e.person_id)
@@ -378,7 +373,7 @@ class Engine:
             outstanding_fen=s.outstanding - e.amount_fen,
         )
         bank = e.bank if e.method == "credit" else None
-        return Decision([out], [("pay", e.person_id, e.visit_id, e.amount_fen, bank)])
+        return Decision([out], [ch.Paid(e.person_id, e.visit_id, e.amount_fen, bank)])
 
     # ------------------------------------------------------------------ settlement
 
@@ -789,17 +784,17 @@ class Engine:
         )
         outputs: list[OutputEvent] = [settled]
         outputs.extend(audit.flags(settled, filed, oop, e.event_id, 1))
-        return Decision(outputs, [("settle", e.person_id, e.visit_id, record)])
+        return Decision(outputs, [ch.Settled(e.person_id, e.visit_id, record)])
 
 
 #: The state change of each enrollment event that needs nothing but a registered person.
-_ENROLLMENT_CHANGES: dict[type, Callable[[Any], Change]] = {
-    ev.AssistanceStatusChanged: lambda e: ("assistance", e.person_id, e.effective_from, e.assistance),
-    ev.CrossRegionFiled: lambda e: ("file", e.person_id, (e.treatment_region, e.valid_from, e.valid_to)),
-    ev.EnrollmentSuspended: lambda e: ("suspend", e.person_id, e.effective_from, True),
-    ev.EnrollmentResumed: lambda e: ("suspend", e.person_id, e.effective_from, False),
-    ev.PersonDeceased: lambda e: ("death", e.person_id, e.date_of_death),
-    ev.CreditLineGranted: lambda e: ("credit_line", e.person_id, e.bank, e.limit_fen),
+_ENROLLMENT_CHANGES: dict[type, Callable[[Any], ch.Change]] = {
+    ev.AssistanceStatusChanged: lambda e: ch.AssistanceFrom(e.person_id, e.effective_from, e.assistance),
+    ev.CrossRegionFiled: lambda e: ch.Filed(e.person_id, e.treatment_region, e.valid_from, e.valid_to),
+    ev.EnrollmentSuspended: lambda e: ch.SuspendedFrom(e.person_id, e.effective_from, True),
+    ev.EnrollmentResumed: lambda e: ch.SuspendedFrom(e.person_id, e.effective_from, False),
+    ev.PersonDeceased: lambda e: ch.Died(e.person_id, e.date_of_death),
+    ev.CreditLineGranted: lambda e: ch.CreditLineSet(e.person_id, e.bank, e.limit_fen),
 }
 
 
@@ -846,145 +841,3 @@ def _chronic_condition(pol: PolicyVersion, diagnoses: list[str]) -> str | None:
             if diag.startswith(prefixes):
                 return name
     return None
-
-
-# ---------------------------------------------------------------------- evolve
-
-
-def _person(state: State, pid: str) -> Person:
-    p = state.persons.get(pid)
-    if p is None:
-        p = state.persons[pid] = Person(pid)
-    return p
-
-
-def _register(state: State, e: ev.PersonRegistered) -> None:
-    p = _person(state, e.person_id)
-    p.registration = e
-    p.assistance.append((e.effective_from, e.assistance))
-    p.suspended.append((e.effective_from, False))
-    p.balance += e.personal_account_fen
-
-
-def _assistance(state: State, pid: str, start: dt.date, cat: str | None) -> None:
-    state.persons[pid].assistance.append((start, cat))
-
-
-def _balance(state: State, pid: str, delta: int) -> None:
-    state.persons[pid].balance += delta
-
-
-def _aid_add(state: State, beneficiary: str, payer: str) -> None:
-    state.persons[beneficiary].aid_payers.append(payer)
-
-
-def _aid_remove(state: State, beneficiary: str, payer: str) -> None:
-    state.persons[beneficiary].aid_payers.remove(payer)
-
-
-def _certify(state: State, pid: str, cert: tuple[str, dt.date, dt.date]) -> None:
-    state.persons[pid].certifications.append(cert)
-
-
-def _file(state: State, pid: str, filing: tuple[str, dt.date, dt.date]) -> None:
-    state.persons[pid].filings.append(filing)
-
-
-def _suspend(state: State, pid: str, start: dt.date, on: bool) -> None:
-    state.persons[pid].suspended.append((start, on))
-
-
-def _death(state: State, pid: str, date: dt.date) -> None:
-    state.persons[pid].date_of_death = date
-
-
-def _credit_line(state: State, pid: str, bank: str, limit: int) -> None:
-    state.persons[pid].credit_limit[bank] = limit
-
-
-def _credit(state: State, pid: str, bank: str, delta: int) -> None:
-    p = state.persons[pid]
-    p.credit_outstanding[bank] = p.credit_outstanding.get(bank, 0) + delta
-
-
-def _open(state: State, e: ev.VisitOpened) -> None:
-    _person(state, e.person_id).visits[e.visit_id] = Visit(e, local_date(e.opened_at))
-
-
-def _lines(state: State, pid: str, vid: str, items: list[ev.LineItem]) -> None:
-    lines = state.persons[pid].visits[vid].lines
-    for item in items:
-        lines[item.line_id] = (item.catalog_class, item.amount_fen, item.cap_fen)
-
-
-def _unlines(state: State, pid: str, vid: str, ids: tuple[str, ...]) -> None:
-    lines = state.persons[pid].visits[vid].lines
-    for line_id in ids:
-        del lines[line_id]
-
-
-def _add_acc(p: Person, year: int, deltas: tuple[tuple[str, int], ...], sign: int) -> None:
-    acc = p.accumulators.setdefault(year, {})
-    for k, v in deltas:
-        acc[k] = acc.get(k, 0) + sign * v
-
-
-def _settle(state: State, pid: str, vid: str, s: Settlement) -> None:
-    p = state.persons[pid]
-    _add_acc(p, s.year, s.acc_deltas, 1)
-    p.balance -= s.own
-    for payer, amt in s.family:
-        state.persons[payer].balance -= amt
-    visit = p.visits[vid]
-    visit.seq = s.seq
-    visit.current = s
-    visit.pack()
-
-
-def _reverse(state: State, pid: str, vid: str) -> None:
-    p = state.persons[pid]
-    visit = p.visits[vid]
-    s = visit.current
-    assert s is not None
-    _add_acc(p, s.year, s.acc_deltas, -1)
-    p.balance += s.own
-    for payer, amt in s.family:
-        state.persons[payer].balance += amt
-    if s.credit:
-        for bank, amt in s.credit.items():
-            p.credit_outstanding[bank] -= amt
-    visit.current = None
-    visit.unpack()
-
-
-def _pay(state: State, pid: str, vid: str, amount: int, bank: str | None) -> None:
-    p = state.persons[pid]
-    s = p.visits[vid].current
-    assert s is not None
-    s.outstanding -= amount
-    if bank is not None:
-        if s.credit is None:
-            s.credit = {}
-        s.credit[bank] = s.credit.get(bank, 0) + amount
-        p.credit_outstanding[bank] = p.credit_outstanding.get(bank, 0) + amount
-
-
-_APPLY: dict[str, Callable[..., None]] = {
-    "register": _register,
-    "assistance": _assistance,
-    "balance": _balance,
-    "aid_add": _aid_add,
-    "aid_remove": _aid_remove,
-    "certify": _certify,
-    "file": _file,
-    "suspend": _suspend,
-    "death": _death,
-    "credit_line": _credit_line,
-    "credit": _credit,
-    "open": _open,
-    "lines": _lines,
-    "unlines": _unlines,
-    "settle": _settle,
-    "reverse": _reverse,
-    "pay": _pay,
-}
