@@ -116,6 +116,10 @@ class TimestampMerge:
 
     max_wait: float = 0.0
     hole_wait: float = HOLE_WAIT_S
+    #: topic -> rank among records appended in the same millisecond (lower first; then by
+    #: topic name and partition): LogAppendTime has millisecond resolution, and a tie must
+    #: be broken the same way on every run and after every restart
+    rank: dict[str, int] = field(default_factory=dict)
     queues: dict[TP, deque[Record]] = field(default_factory=dict)
     caught_up: dict[TP, bool] = field(default_factory=dict)
     #: publisher -> which of its seqs have been released
@@ -124,7 +128,7 @@ class TimestampMerge:
     buffered_seqs: dict[bytes, dict[int, TP]] = field(default_factory=dict)
     released_at_once: int = 0  # would have waited for an idle partition, but in sequence
     #: (timestamp, seq, queue index, offset, tp) of every non-empty queue's head (and stale
-    #: entries); the index (order of assignment) breaks ties
+    #: entries); the index (order of assignment, by ``rank``) breaks ties
     _heads: list[tuple[int, int, int, int, TP]] = field(default_factory=list)
     _index: dict[TP, int] = field(default_factory=dict)
     _next_index: int = 0
@@ -142,7 +146,7 @@ class TimestampMerge:
                 del self.queues[tp]
                 self.caught_up.pop(tp, None)
                 self._index.pop(tp, None)
-        for tp in tps:
+        for tp in sorted(tps, key=lambda tp: (self.rank.get(tp.topic, len(self.rank)), tp)):
             if tp not in self.queues:
                 self.queues[tp] = deque()
                 self._index[tp] = self._next_index

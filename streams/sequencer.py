@@ -63,7 +63,10 @@ class Sequencer(TxnStage):
         super().__init__(cfg, topics.inputs, SingletonAssignor)
         self.t = topics
         self.core = SequencerCore(window=window, accepts=topics.accepts)
-        self.merge = TimestampMerge(max_wait=max_wait)
+        # Appended in the same millisecond: the bureau's facts (enrollment, then reviews)
+        # before the hospitals' care events of that instant.
+        self.merge = TimestampMerge(max_wait=max_wait, rank={
+            topics.name("registrations"): 0, topics.name("reviews"): 1, topics.name("care"): 2})
         self._create_time_seen: set[str] = set()  # see record_time()
         self.next_offset: dict[TopicPartition, int] = {}
         self.assigned: set[TopicPartition] = set()

@@ -679,3 +679,18 @@ def test_the_json_schemas_tell_a_gateway_where_each_input_goes() -> None:
     assert docs["VisitClosed"]["x-kafka-topic"] == "care"
     assert docs["AuditFlagReviewed"]["x-kafka-topic"] == "reviews"
     assert all("x-kafka-topic" not in docs[t.__name__] for t in OUTPUT_TYPES)
+
+
+def test_merge_ties_in_one_millisecond_go_by_topic_rank_the_same_way_every_run() -> None:
+    """LogAppendTime has millisecond resolution: a registration and a care event appended
+    in the same millisecond go registration first, whatever order the partitions were
+    assigned in (a set's order changes from one process to the next)."""
+    care, reg = TP("x.care", 0), TP("x.registrations", 3)
+    for order in ([care, reg], [reg, care]):
+        m = TimestampMerge(rank={"x.registrations": 0, "x.care": 1})
+        m.assign(set(order))
+        m.add(Record(care, 0, 500, 0, None, b""))
+        m.add(Record(reg, 0, 500, 0, None, b""))
+        m.set_caught_up(care, True)
+        m.set_caught_up(reg, True)
+        assert [r.tp for r in m.pop_ready(0.0)] == [reg, care]
