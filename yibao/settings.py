@@ -115,8 +115,8 @@ class Settings(BaseSettings):
         default="0", description="Unique per concurrently running worker (transactional ids derive from it)."
     )
     merge_wait_ms: int = Field(
-        default=20, ge=0, description="How long the sequencer's event-time merge waits for an idle input "
-        "partition before releasing (Kafka Streams' max.task.idle.ms).",
+        default=20, ge=0, description="How long the sequencer's merge (in broker append-time order) "
+        "waits for records still in flight to an idle input partition (Kafka Streams' max.task.idle.ms).",
     )
     dedup_window_days: int = Field(
         default=30, ge=1, description="Event-time window within which a repeated event_id is a duplicate."
