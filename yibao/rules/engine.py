@@ -6,7 +6,8 @@ changes. Keeping them apart is what lets the same code settle a file, a Kafka st
 replay or a what-if: the caller owns ordering, deduplication, persistence and I/O, and this
 module imports none of them (no Kafka, Faust, DuckDB, files or clock).
 
-Every amount is integer fen and the only rounding is :func:`pct`, exactly where the spec
+Every amount is integer fen and the only rounding is :func:`yibao.rules.steps.pct`, exactly
+where the spec
 writes it, so an auditor recomputing a claim from its ``trace`` gets the same fen.
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yibao.clock import local_date
-from yibao.rules import audit
+from yibao.rules import audit, steps
 from yibao.rules import changes as ch
 from yibao.rules.changes import apply_change
 from yibao.rules.policy import Policy, PolicyVersion, SchemePolicy
@@ -39,21 +40,7 @@ from yibao.schemas.events import (
     PaymentAccepted,
     PaymentRejected,
     PreviewRejected,
-    TraceEntry,
 )
-
-FULL = 10000
-
-
-def pct(x: int, r: int) -> int:
-    """Round-half-up percentage in basis points (x >= 0): the spec's only rounding."""
-    return (x * r + 5000) // 10000
-
-
-def clamp(r: int) -> int:
-    return 0 if r < 0 else (FULL if r > FULL else r)
-
-
 
 
 @dataclass(slots=True)
@@ -458,298 +445,44 @@ class Engine:
         pol: PolicyVersion,
         e: ev.VisitClosed | ev.PreSettlementRequested,
     ) -> Decision:
+        """Steps 1-6 of settlement.md on a visit Step 0 accepted, composed from
+        ``yibao.rules.steps``; the accumulator deltas are recorded, not applied."""
         sp: SchemePolicy = pol.scheme[reg.scheme]
         o = visit.opened
         assert o is not None
-        trace: list[TraceEntry] = []
         year = d.year
         acc = p.acc(year)
-        deltas: dict[str, int] = {}
-
-        # Step 1: lines
-        total = self_pay_full = over_cap = first_self_pay = eligible = 0
-        b_rate = sp.b_first_self_pay
-        for cls, a, cap in visit.lines.values():
-            total += a
-            if cls == "C":
-                self_pay_full += a
-                continue
-            over = a - cap if cap is not None and a > cap else 0
-            over_cap += over
-            c = a - over
-            if cls == "A":
-                eligible += c
-            else:
-                f = pct(c, b_rate)
-                first_self_pay += f
-                eligible += c - f
-        trace.append(
-            TraceEntry(
-                step="lines",
-                detail=(
-                    f"{len(visit.lines)} lines: total {total} = class C {self_pay_full} + over cap "
-                    f"{over_cap} + class B first self-pay {first_self_pay} (b_first_self_pay "
-                    f"{b_rate} bp) + eligible {eligible}"
-                ),
-            )
-        )
-
-        # Step 2: the benefit that applies
-        kind = o.kind
-        level = o.facility_level
-        condition: str | None = None
-        if kind == "inpatient":
-            benefit = "inpatient"
-        elif kind == "outpatient_special":
-            benefit = "outpatient_special"
-        elif kind == "outpatient_chronic":
-            benefit = "outpatient"
-            if reg.scheme == "resident" and level in (1, 2):
-                condition = _chronic_condition(pol, o.diagnoses)
-                if condition is not None:
-                    benefit = "outpatient_chronic"
-        else:
-            benefit = "outpatient"
-        retired = reg.scheme == "employee" and reg.retired
-        insured, treated = reg.region, o.facility_region
-        cross = insured[:2] != treated[:2]
-        filed = cross and any(r == treated and f <= d <= t for r, f, t in p.filings)
-        penalty = sp.cross_province_penalty if cross and not filed else 0
-        trace.append(
-            TraceEntry(
-                step="benefit",
-                detail=(
-                    f"visit kind {kind} -> {benefit}"
-                    + (f" ({condition})" if condition else "")
-                    + f"; scheme {reg.scheme}, level {level}, retired {retired}; insured {insured}, "
-                    f"treated {treated}, cross-province {cross}, filed {filed}, penalty {penalty} bp; "
-                    f"policy {pol.id}, benefit year {year}"
-                ),
-            )
-        )
-
-        # Step 3: basic fund
-        E = eligible
-        ded = 0
-        if benefit == "inpatient":
-            n = acc.get("inpatient_admissions", 0) + 1
-            D0 = sp.inpatient_deductible[level - 1]
-            D = pct(D0, 5000) if n >= 2 else D0
-            ded = min(E, D)
-            r = clamp(
-                sp.inpatient_rate[level - 1]
-                + (sp.retiree_inpatient_bonus if retired else 0)
-                - penalty
-            )
-            paid = acc.get("pooled_fund_paid", 0)
-            room = max(0, sp.pooled_cap - paid)
-            raw = pct(E - ded, r)
-            fund = min(raw, room)
-            deltas["pooled_fund_paid"] = fund
-            deltas["inpatient_admissions"] = 1
-            trace.append(
-                TraceEntry(
-                    step="basic_fund",
-                    detail=(
-                        f"inpatient admission {n}: deductible {D0}"
-                        + (" halved" if n >= 2 else "")
-                        + f" = {D}, ded = min({E}, {D}) = {ded}; rate {r} bp; fund = min(pct({E - ded}, "
-                        f"{r}) = {raw}, pooled_cap {sp.pooled_cap} - pooled_fund_paid {paid}) = {fund}; "
-                        f"pooled_fund_paid {paid} -> {paid + fund}; inpatient_admissions {n - 1} -> {n}"
-                    ),
-                )
-            )
-        elif benefit == "outpatient_special":
-            code = o.special_disease_code
-            assert code is not None
-            r = clamp(
-                sp.inpatient_rate[level - 1]
-                + (sp.retiree_inpatient_bonus if retired else 0)
-                - penalty
-            )
-            raw = pct(E, r)
-            paid = acc.get("pooled_fund_paid", 0)
-            key = f"special_paid:{code}"
-            spaid = acc.get(key, 0)
-            limit = pol.special_diseases[code].limit
-            fund = min(raw, max(0, sp.pooled_cap - paid))
-            if limit is not None:
-                fund = min(fund, max(0, limit - spaid))
-            deltas[key] = fund
-            deltas["pooled_fund_paid"] = fund
-            trace.append(
-                TraceEntry(
-                    step="basic_fund",
-                    detail=(
-                        f"special disease {code}: no deductible; rate {r} bp; fund = min(pct({E}, {r}) = "
-                        f"{raw}, limit {limit if limit is not None else 'none'} - special_paid {spaid}, "
-                        f"pooled_cap {sp.pooled_cap} - pooled_fund_paid {paid}) = {fund}; "
-                        f"special_paid {spaid} -> {spaid + fund}; pooled_fund_paid {paid} -> {paid + fund}"
-                    ),
-                )
-            )
-        elif benefit == "outpatient":
-            used = acc.get("outpatient_deductible_used", 0)
-            ded = min(E, max(0, sp.outpatient_deductible - used))
-            r = clamp(
-                sp.outpatient_rate[level - 1]
-                + (sp.retiree_outpatient_bonus if retired else 0)
-                - penalty
-            )
-            raw = pct(E - ded, r)
-            paid = acc.get("outpatient_fund_paid", 0)
-            fund = min(raw, max(0, sp.outpatient_cap - paid))
-            deltas["outpatient_deductible_used"] = ded
-            deltas["outpatient_fund_paid"] = fund
-            trace.append(
-                TraceEntry(
-                    step="basic_fund",
-                    detail=(
-                        f"outpatient: deductible {sp.outpatient_deductible} - used {used}, ded = {ded}; "
-                        f"rate {r} bp; fund = min(pct({E - ded}, {r}) = {raw}, outpatient_cap "
-                        f"{sp.outpatient_cap} - outpatient_fund_paid {paid}) = {fund}; "
-                        f"outpatient_deductible_used {used} -> {used + ded}; outpatient_fund_paid "
-                        f"{paid} -> {paid + fund}"
-                    ),
-                )
-            )
-        else:
-            assert condition is not None
-            r = clamp(sp.chronic_rate - penalty)
-            raw = pct(E, r)
-            key = f"chronic_paid:{condition}"
-            paid = acc.get(key, 0)
-            cap = sp.chronic_cap.get(condition, 0)
-            fund = min(raw, max(0, cap - paid))
-            deltas[key] = fund
-            trace.append(
-                TraceEntry(
-                    step="basic_fund",
-                    detail=(
-                        f"chronic {condition}: no deductible; rate {r} bp; fund = min(pct({E}, {r}) = "
-                        f"{raw}, chronic_cap {cap} - chronic_paid {paid}) = {fund}; chronic_paid "
-                        f"{paid} -> {paid + fund}"
-                    ),
-                )
-            )
-        oop = E - fund
-
-        # Step 4: major illness insurance
-        category = in_force(p.assistance, d, None)
-        major = 0
-        if benefit in ("inpatient", "outpatient_special"):
-            T = sp.major_threshold
-            bonus = sp.assistance_major_bonus if category is not None else 0
-            if category is not None:
-                T = pct(T, 5000)
-            moop = acc.get("major_oop", 0)
-            a = max(moop, T)
-            b = max(moop + oop, T)
-            tiers = sp.major_tiers
-            parts = []
-            raw_major = 0
-            for i, (start, rate) in enumerate(tiers):
-                lo = T + start
-                hi = T + tiers[i + 1][0] if i + 1 < len(tiers) else None
-                top = b if hi is None else min(b, hi)
-                part = max(0, top - max(a, lo))
-                rt = clamp(rate + bonus)
-                if part:
-                    raw_major += pct(part, rt)
-                    parts.append(f"{part} at {rt} bp")
-            mpaid = acc.get("major_paid", 0)
-            major = min(raw_major, max(0, sp.major_cap - mpaid))
-            deltas["major_oop"] = oop
-            deltas["major_paid"] = major
-            trace.append(
-                TraceEntry(
-                    step="major_illness",
-                    detail=(
-                        f"threshold {T}"
-                        + (
-                            f" (halved, assistance {category}, tier bonus {bonus} bp)"
-                            if category
-                            else ""
-                        )
-                        + f"; major_oop {moop} -> {moop + oop}; tiers: {', '.join(parts) or 'none reached'}"
-                        f"; major = min({raw_major}, major_cap {sp.major_cap} - major_paid {mpaid}) = "
-                        f"{major}; major_paid {mpaid} -> {mpaid + major}"
-                    ),
-                )
-            )
-
-        # Step 5: medical assistance
-        assist = 0
-        if category is not None:
-            ap = pol.assistance[category]  # type: ignore[index]
-            rest = oop - major
-            dused = acc.get("assistance_deductible_used", 0)
-            # Literal per settlement.md: the remaining deductible is *not* floored at zero.
-            # After a category change (marginal -> low_income) it is negative, and the
-            # contract's expected outputs pay assistance above the out-of-pocket; we keep
-            # the contract and raise an audit flag (yibao.rules.audit) for the bureau to review.
-            aded = min(rest, ap.deductible - dused)
-            apaid = acc.get("assistance_paid", 0)
-            raw = pct(rest - aded, ap.rate)
-            assist = min(raw, max(0, ap.cap - apaid))
-            deltas["assistance_deductible_used"] = aded
-            deltas["assistance_paid"] = assist
-            trace.append(
-                TraceEntry(
-                    step="assistance",
-                    detail=(
-                        f"category {category}: rest {rest}; deductible {ap.deductible} - used {dused}, "
-                        f"ded = {aded}; assist = min(pct({rest - aded}, {ap.rate}) = {raw}, cap {ap.cap}"
-                        f" - assistance_paid {apaid}) = {assist}; assistance_deductible_used {dused} -> "
-                        f"{dused + aded}; assistance_paid {apaid} -> {apaid + assist}"
-                    ),
-                )
-            )
-
-        # Step 6: accounts and cash
-        share = self_pay_full + over_cap + first_self_pay + oop - major - assist
-        own = 0
-        family: list[tuple[str, int]] = []
-        family_total = 0
-        if e.use_personal_account:
-            own = min(p.balance, share)
-            for payer_id in p.aid_payers:
-                left = share - own - family_total
-                if left <= 0:
-                    break
-                payer = state.persons.get(payer_id)
-                bal = payer.balance if payer is not None else 0
-                amt = min(bal, left)
-                if amt > 0:
-                    family.append((payer_id, amt))
-                    family_total += amt
-        cash_due = share - own - family_total
-        trace.append(
-            TraceEntry(
-                step="accounts",
-                detail=(
-                    f"share = {self_pay_full} + {over_cap} + {first_self_pay} + oop {oop} - major {major} "
-                    f"- assistance {assist} = {share}; use_personal_account {e.use_personal_account}; "
-                    f"own account {p.balance} pays {own}; family "
-                    + (", ".join(f"{pid} pays {amt}" for pid, amt in family) or "none")
-                    + f"; cash due {cash_due}"
-                ),
-            )
-        )
-
+        lines = steps.split_lines(visit.lines.values(), len(visit.lines), sp.b_first_self_pay)
+        benefit = steps.benefit_that_applies(reg, o, pol, sp, p.filings, d)
+        fund = steps.basic_fund(lines.eligible, benefit, o.special_disease_code, pol, sp, acc)
+        oop = lines.eligible - fund.fund
+        category = steps.category_on(p.assistance, d)
+        major = steps.major_illness(oop, benefit, category, sp, acc)
+        assistance = steps.medical_assistance(oop, major.paid, category, pol, acc)
+        share = (lines.self_pay_full + lines.over_cap + lines.first_self_pay + oop - major.paid
+                 - assistance.paid)
+        balances = {pid: state.persons[pid].balance for pid in p.aid_payers if pid in state.persons}
+        accounts = steps.accounts_and_cash(
+            share, e.use_personal_account, p.balance, p.aid_payers, balances,
+            (lines.self_pay_full, lines.over_cap, lines.first_self_pay, oop, major.paid,
+             assistance.paid))
+        trace = [lines.trace, benefit.trace, fund.trace]
+        trace += [t for t in (major.trace, assistance.trace) if t is not None]
+        trace.append(accounts.trace)
+        deltas = dict((*fund.deltas, *major.deltas, *assistance.deltas))
         amounts = Amounts(
-            total=total,
-            self_pay_full=self_pay_full,
-            over_cap=over_cap,
-            first_self_pay=first_self_pay,
-            eligible=eligible,
-            deductible=ded,
-            basic_fund=fund,
-            major_illness=major,
-            assistance=assist,
-            personal_account=own,
-            family_account=family_total,
-            cash_due=cash_due,
+            total=lines.total,
+            self_pay_full=lines.self_pay_full,
+            over_cap=lines.over_cap,
+            first_self_pay=lines.first_self_pay,
+            eligible=lines.eligible,
+            deductible=fund.deductible,
+            basic_fund=fund.fund,
+            major_illness=major.paid,
+            assistance=assistance.paid,
+            personal_account=accounts.own,
+            family_account=accounts.family_total,
+            cash_due=accounts.cash_due,
         )
         seq = visit.seq + 1
         settled = ClaimSettled(
@@ -763,13 +496,13 @@ class Engine:
             benefit_year=year,
             service_date=d,
             scheme=reg.scheme,
-            kind=benefit,
-            insured_region=insured,
-            treatment_region=treated,
+            kind=benefit.kind,
+            insured_region=benefit.insured_region,
+            treatment_region=benefit.treatment_region,
             facility_id=o.facility_id,
-            cross_province=cross,
+            cross_province=benefit.cross_province,
             amounts=amounts,
-            family_debits=[FamilyDebit(payer_id=pid, amount_fen=amt) for pid, amt in family],
+            family_debits=[FamilyDebit(payer_id=pid, amount_fen=amt) for pid, amt in accounts.family],
             trace=trace,
         )
         record = Settlement(
@@ -778,12 +511,12 @@ class Engine:
             amounts=amounts,
             year=year,
             acc_deltas=tuple(deltas.items()),
-            own=own,
-            family=family,
-            outstanding=cash_due,
+            own=accounts.own,
+            family=accounts.family,
+            outstanding=accounts.cash_due,
         )
         outputs: list[OutputEvent] = [settled]
-        outputs.extend(audit.flags(settled, filed, oop, e.event_id, 1))
+        outputs.extend(audit.flags(settled, benefit.filed, oop, e.event_id, 1))
         return Decision(outputs, [ch.Settled(e.person_id, e.visit_id, record)])
 
 
@@ -835,9 +568,3 @@ def charges_mismatch(visit: Visit, total_fen: int | None, lines: int | None) -> 
     return "; ".join(wrong) if wrong else None
 
 
-def _chronic_condition(pol: PolicyVersion, diagnoses: list[str]) -> str | None:
-    for diag in diagnoses:
-        for name, prefixes in pol.chronic_conditions.items():
-            if diag.startswith(prefixes):
-                return name
-    return None
