@@ -7,8 +7,7 @@ replay or a what-if: the caller owns ordering, deduplication, persistence and I/
 module imports none of them (no Kafka, Faust, DuckDB, files or clock).
 
 Every amount is integer fen and the only rounding is :func:`yibao.rules.steps.pct`, exactly
-where the spec
-writes it, so an auditor recomputing a claim from its ``trace`` gets the same fen.
+where the spec writes it, so an auditor recomputing a claim from its ``trace`` gets the same fen.
 """
 
 from __future__ import annotations
