@@ -27,6 +27,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from yibao.rules.dedup import DEFAULT_WINDOW
 from yibao.settings import Settings
 from yibao.streams.cores import (
     COUNTS_KEY,
@@ -59,7 +60,7 @@ class Sequencer(TxnStage):
     name = "sequencer"
 
     def __init__(self, cfg: StageConfig, topics: Topics, *, max_wait: float = 0.0,
-                 window: dt.timedelta = dt.timedelta(days=30)) -> None:
+                 window: dt.timedelta = DEFAULT_WINDOW) -> None:
         super().__init__(cfg, topics.inputs, SingletonAssignor)
         self.t = topics
         self.core = SequencerCore(window=window, accepts=topics.accepts)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from yibao.rules.dedup import DEFAULT_WINDOW_DAYS
 from yibao.rules.engine import Engine
 from yibao.rules.policy import load_policy
 from yibao.settings import Settings
@@ -39,7 +40,7 @@ from yibao.streams.topics import Topics, create_all
 class WorkerOptions:
     worker_id: str = "0"
     merge_wait_ms: int = 20
-    dedup_window_days: int = 30
+    dedup_window_days: int = DEFAULT_WINDOW_DAYS
     policy_path: str | None = None
     stages: tuple[str, ...] = ("sequencer", "processor")
     create_topics: bool = True
