@@ -8,7 +8,12 @@ order and a record stamped a year ahead holds back no one. A record may only be 
 when no assigned partition could still deliver an earlier one: every partition has a
 buffered record, or it is *caught up* (its position is at its last stable offset) and the
 candidate has waited ``max_wait`` seconds for records still in flight (Kafka Streams'
-``max.task.idle.ms``).
+``max.task.idle.ms``). "Caught up" is only as new as the fetch response that said so: a
+partition left out of the last fetches (the consumer still held records of it) may have
+received records since, so an idle partition vouches only for candidates appended before
+its last poll (``polled_at``); a later candidate waits for a newer fetch. Without this a
+checkout could overtake registrations appended before it, whenever the consumer was slow
+to fetch their partition again.
 
 yibao's own publishers (``yibao publish``, the gateway SDK) number their records from 0
 without gaps (headers ``yibao-publisher``, ``yibao-seq``). The numbering earns its place twice:
@@ -70,6 +75,11 @@ AHEAD_MAX = 1024
 #: here yet (in flight: a batch appended after a later one). A hole that outlasts this is
 #: taken as lost (a publisher that died with a batch unsent) and the merge goes on.
 HOLE_WAIT_S = 1.0
+#: How soon a candidate held for a newer fetch of an idle partition is looked at again (the
+#: sequencer's fetch wait is 5 ms, so a fresh response is never far).
+REFETCH_S = 0.005
+#: ``polled_at`` of a partition whose poll time is not known: fresh (pure tests).
+ALWAYS = 2**62
 
 
 @dataclass(slots=True)
@@ -122,6 +132,9 @@ class TimestampMerge:
     rank: dict[str, int] = field(default_factory=dict)
     queues: dict[TP, deque[Record]] = field(default_factory=dict)
     caught_up: dict[TP, bool] = field(default_factory=dict)
+    #: tp -> when (ms, the consumer's wall clock) its position and last stable offset were
+    #: last fetched: an idle partition vouches for records appended before that only
+    polled_at: dict[TP, int] = field(default_factory=dict)
     #: publisher -> which of its seqs have been released
     publishers: OrderedDict[bytes, PublisherSeq] = field(default_factory=OrderedDict)
     #: publisher -> seq -> the partition where that record is buffered, not yet released
@@ -134,6 +147,9 @@ class TimestampMerge:
     _next_index: int = 0
     _empty_fetching: int = 0  # empty queues not caught up: nothing may be released
     _empty_caught_up: int = 0  # empty queues at their end: the wait applies
+    #: the oldest ``polled_at`` of the empty caught-up queues: candidates appended after it
+    #: wait for a newer fetch
+    _horizon: int = ALWAYS
     #: publishers not remembered -> their lowest buffered seq
     _lowest_unknown: dict[bytes, int] = field(default_factory=dict)
     #: when the record the last pop_ready stopped at may go (None: nothing waits on time)
@@ -145,6 +161,7 @@ class TimestampMerge:
             if tp not in tps:
                 del self.queues[tp]
                 self.caught_up.pop(tp, None)
+                self.polled_at.pop(tp, None)
                 self._index.pop(tp, None)
         for tp in sorted(tps, key=lambda tp: (self.rank.get(tp.topic, len(self.rank)), tp)):
             if tp not in self.queues:
@@ -186,9 +203,13 @@ class TimestampMerge:
                 if low is None or record.seq < low:
                     self._lowest_unknown[pub] = record.seq
 
-    def set_caught_up(self, tp: TP, value: bool) -> None:
+    def set_caught_up(self, tp: TP, value: bool, polled_at: int = ALWAYS) -> None:
+        """Whether ``tp`` is at its end, as of the fetch at ``polled_at`` (ms)."""
         old = self.caught_up.get(tp)
-        if old is None or old == value:
+        if old is None:
+            return
+        self.polled_at[tp] = polled_at
+        if old == value:
             return
         self.caught_up[tp] = value
         if not self.queues[tp]:
@@ -207,6 +228,8 @@ class TimestampMerge:
         """Release, in merge order, every record that can be released now."""
         out: list[Record] = []
         self._wake_at = None
+        self._horizon = min((self.polled_at.get(tp, ALWAYS) for tp, q in self.queues.items()
+                             if not q and self.caught_up[tp]), default=ALWAYS)
         while not self._empty_fetching:
             top = self._top()
             if top is None:
@@ -253,6 +276,8 @@ class TimestampMerge:
     def _judge(self, head: Record, now: float) -> bool | TP:
         """Whether ``head`` may go now (``_GO``), must wait (``_WAIT``), or must let the
         record in front of its publisher's earlier one go first (that record's partition)."""
+        if head.timestamp > self._horizon and self._empty_caught_up:
+            return self._wait_until(now + REFETCH_S)  # an idle partition's news is older
         idle_wait = (self._empty_caught_up > 0 and self.max_wait > 0
                      and now - head.arrived < self.max_wait)
         pub = head.publisher
@@ -303,6 +328,7 @@ class TimestampMerge:
                 heapq.heappop(heads)
             if self.caught_up[tp]:
                 self._empty_caught_up += 1
+                self._horizon = min(self._horizon, self.polled_at.get(tp, ALWAYS))
             else:
                 self._empty_fetching += 1
         if rec.publisher is not None:

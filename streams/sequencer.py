@@ -217,7 +217,8 @@ class Sequencer(TxnStage):
             # Only records actually seen count: consumer.position() can run ahead of what
             # getmany has returned, and committing such an offset would skip records.
             pos = self.next_offset.get(tp, 0)
-            merge.set_caught_up(TP(tp.topic, tp.partition), pos >= lso)
+            merge.set_caught_up(TP(tp.topic, tp.partition), pos >= lso,
+                                consumer.last_poll_timestamp(tp) or 0)
         released = merge.pop_ready(now)
         if released:
             self.held_times.extend(now - r.arrived for r in released)

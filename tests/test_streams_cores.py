@@ -355,6 +355,31 @@ def test_merge_releases_in_event_time_order_and_waits_for_lagging_partitions() -
     assert [(r.tp, r.offset) for r in m.pop_ready(0.0)] == [(a, 1)]
 
 
+def test_an_idle_partition_vouches_only_for_records_appended_before_its_last_fetch() -> None:
+    """The registrations' partition was fetched to its end at 1,000 ms; the consumer then
+    held records of it and left it out of the next fetches, while a checkout appended at
+    1,005 ms arrived on care. Registrations appended in between could be on the broker, so
+    the checkout waits past the merge wait for a newer fetch of that partition, however
+    long; a fetch at 1,010 ms showing it still at its end lets the checkout go."""
+    reg, care = TP("registrations", 0), TP("care", 0)
+    m = TimestampMerge(max_wait=0.02)
+    m.assign({reg, care})
+    m.set_caught_up(reg, True, polled_at=1_000)
+    m.add(_rec(care, 0, 1_005, 0, arrived=10.0))
+    assert m.pop_ready(10.0) == []
+    assert m.pop_ready(99.0) == []  # no amount of waiting makes an old fetch new
+    assert m.next_deadline() == pytest.approx(99.005)
+    m.add(_rec(reg, 0, 1_003, 0, arrived=99.0))  # the newer fetch brings a registration
+    m.set_caught_up(reg, False, polled_at=1_010)
+    assert [(r.tp, r.offset) for r in m.pop_ready(99.0)] == [(reg, 0)]
+    m.set_caught_up(reg, True, polled_at=1_010)
+    assert [(r.tp, r.offset) for r in m.pop_ready(99.0)] == [(care, 0)]
+    # a candidate appended before the idle partition's last fetch only waits the merge wait
+    m.add(_rec(care, 1, 1_008, 0, arrived=100.0))
+    assert m.pop_ready(100.0) == []
+    assert [(r.tp, r.offset) for r in m.pop_ready(100.021)] == [(care, 1)]
+
+
 def test_merge_wait_holds_a_record_for_an_idle_partition_until_the_deadline() -> None:
     a, b = TP("visits", 0), TP("payments", 0)
     m = TimestampMerge(max_wait=0.02)
