@@ -165,6 +165,25 @@ class Settings(BaseSettings):
         default=300, ge=1, description="The projector writes at least this often."
     )
 
+    # `yibao gateway`: the hospitals' HTTP front door.
+    gateway_host: str = Field(default="127.0.0.1", description="Address `yibao gateway serve` listens on.")
+    gateway_port: int = Field(default=8080, ge=1, le=65535, description="Port of the gateway.")
+    gateway_clients: Path = Field(
+        default=Path("var/gateway/clients.json"),
+        description="The gateway's credentials file: API key hashes bound to a role and "
+        "facilities (`yibao gateway add-client`).",
+    )
+    gateway_index: Path = Field(
+        default=Path("var/gateway/index.sqlite"),
+        description="This gateway instance's index of inputs, visits and answers (SQLite, "
+        "rebuilt from the topics if missing).",
+    )
+    gateway_timeout_s: float = Field(
+        default=5.0, gt=0, le=30,
+        description="How long a command waits for its answer before 202 (the `timeout` "
+        "query parameter overrides it, at most 30 s).",
+    )
+
     # `yibao generate` and `yibao demo`: synthetic data.
     generate_from: dt.date = Field(
         default=dt.date(2025, 1, 1), description="First day of the generated log (UTC+08:00)."

@@ -246,6 +246,12 @@ from yibao.cli.live import books, export, publish, topics, worker  # noqa: E402
 for _command in (topics, publish, export, worker, books):
     main.add_command(_command)
 
+# -- the HTTP gateway ----------------------------------------------------------------------------
+
+from yibao.cli.gateway import gateway  # noqa: E402
+
+main.add_command(gateway)
+
 # -- projections, replay, audits, reports (issue 5) -------------------------------------------
 
 from yibao.cli.projections import COMMANDS as _PROJECTION_COMMANDS  # noqa: E402
