@@ -87,6 +87,10 @@ smoke: ## start the local broker and run the faust smoke path end to end
 	$(BIN)/yibao kafka up
 	$(BIN)/yibao smoke
 
+bench-gateway: ## HTTP gateway under wrk: visit flows at 200 checkouts/s offered; settle p50/p99, errors
+	$(BIN)/python -m yibao kafka up
+	$(BIN)/python bench/bench_gateway.py
+
 bench-replay: ## replay events/s into DuckDB beside the raw consume rate of the same topics
 	$(BIN)/yibao kafka up
 	$(BIN)/python bench/bench_replay.py

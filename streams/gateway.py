@@ -118,14 +118,16 @@ class Gateway:
         return decoded
 
     async def _send(self, event: InputEvent, raw: bytes) -> asyncio.Future[Any]:
-        """To the type's topic, key person_id; the timestamp is the broker's. Numbered only
-        once the producer has taken the record, so a send that fails leaves no gap."""
-        fut = await self._producer.send(
-            self.topics.input_for_type(type(event).__name__), raw,
-            key=event.person_id.encode(), headers=order_headers(self._publisher, self._seq),
-        )
+        """To the type's topic, key person_id; the timestamp is the broker's. The number is
+        taken before the send awaits anything: concurrent sends sharing one left a gap
+        behind them, and the merge held every later record for its hole wait. (A send that
+        fails before the producer takes it leaves a gap the merge waits out once.)"""
+        seq = self._seq
         self._seq += 1
-        return fut
+        return await self._producer.send(
+            self.topics.input_for_type(type(event).__name__), raw,
+            key=event.person_id.encode(), headers=order_headers(self._publisher, seq),
+        )
 
     async def settle(self, visit_closed: VisitClosed | bytes | str | dict[str, Any], *,
                      timeout: float = 10.0, publish: bool = True) -> Outcome:

@@ -215,11 +215,12 @@ class Service:
         if producer is None:
             raise Unavailable("the broker cannot be reached: nothing was published, retry")
         kind = type(event).__name__
+        seq = self._seq  # taken before any await: concurrent requests never share one
+        self._seq += 1
         try:
             fut = await asyncio.wait_for(producer.send(
                 self.topics.input_for_type(kind), value, key=event.person_id.encode(),
-                headers=order_headers(self._publisher, self._seq)), self.publish_timeout)
-            self._seq += 1
+                headers=order_headers(self._publisher, seq)), self.publish_timeout)
             await asyncio.wait_for(fut, self.publish_timeout)
         except (KafkaError, TimeoutError) as exc:
             raise Unavailable(f"the broker did not take the event ({type(exc).__name__}); "
