@@ -87,12 +87,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--bootstrap", default=os.environ.get("YIBAO_BOOTSTRAP_SERVERS",
-                                                          "127.0.0.1:9092"))
     args = ap.parse_args()
+    bootstrap = Settings().bootstrap_servers
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench-gw-{tag}."
-    s = Settings(bootstrap_servers=args.bootstrap, topic_prefix=prefix, partitions=8)
+    s = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=8)
     per_thread = math.ceil(args.rate * (args.seconds + 2) / THREADS * 1.5)
     warm_per_thread = math.ceil(args.rate * (args.warmup + 2) / THREADS * 1.5)
     runs = {"w" + tag: warm_per_thread, "m" + tag: per_thread}
@@ -124,7 +123,7 @@ def main() -> None:
     finally:
         for p in reversed(procs):
             terminate(p)
-        asyncio.run(delete_topics_with_prefixes(args.bootstrap, [prefix]))
+        asyncio.run(delete_topics_with_prefixes(bootstrap, [prefix]))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from yibao.metrics import PROJECTOR_BATCH_SECONDS, PROJECTOR_LAG, PROJECTOR_RECORDS
 from yibao.projections.sqltransform import raw_table
 from yibao.projections.store import Offsets, Store
 from yibao.projections.transform import DEADLETTER, LEDGER, ROLES, SETTLEMENTS, Rec, Transform
@@ -149,8 +150,8 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
             batch_offsets = offsets
             if writing is not None:
                 await writing
-            writing = asyncio.ensure_future(asyncio.to_thread(store.write, tables, batch_offsets,
-                                                              raw))
+            writing = asyncio.ensure_future(asyncio.to_thread(_timed_write, store, tables,
+                                                              batch_offsets, raw))
             stats.writes += 1
             for r in ROLES:
                 pending[r] = []
@@ -175,6 +176,11 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
                     recs = [r for r in recs if r.timestamp <= until]
                 pending[role].extend(recs)
                 offsets[(role, tp.partition)] = data[tp][-1].offset + 1
+                PROJECTOR_RECORDS.labels(role).inc(len(recs))
+                end_now = consumer.highwater(tp)
+                if end_now is not None:
+                    PROJECTOR_LAG.labels(tp.topic, str(tp.partition)).set(
+                        max(0, end_now - offsets[(role, tp.partition)]))
             if got:
                 if not n_pending:
                     first_pending = time.monotonic()
@@ -209,6 +215,11 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
         await consumer.stop()
         stats.seconds = time.monotonic() - started
     return stats
+
+
+def _timed_write(store: Store, tables: Any, offsets: Offsets, raw: Any) -> None:
+    with PROJECTOR_BATCH_SECONDS.time():
+        store.write(tables, offsets, raw)
 
 
 class _WhatIf:

@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from yibao.metrics import ABORTS
 from yibao.rules.engine import Engine
 from yibao.schemas.codec import Codec
 from yibao.schemas.events import InputEvent
@@ -163,6 +164,7 @@ class Processor(TxnStage):
         try:
             await self.set_owner(revoked, "")  # handed over: the next owner fences nobody
         except Exception as e:  # fenced already (a zombie): the next owner fenced it
+            ABORTS.labels("processor").inc()
             log.warning("processor.release_failed", error=repr(e))
         log.info("processor.revoked", partitions=len(revoked))
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
+from yibao.metrics import COMMIT_SECONDS, LAG, RECORDS_IN, TRANSACTION_SECONDS
 from yibao.streams.kafka.changelog import encode_position, position_key
 from yibao.streams.kafka.clients import StageConfig, log, make_consumer, make_producer
 from yibao.streams.kafka.outbox import Outbox, Sent
@@ -134,6 +135,7 @@ class TxnStage:
         t1 = time.perf_counter()
         self.batches += 1
         self.timing["commit"] += t1 - t0
+        COMMIT_SECONDS.labels(self.name).observe(t1 - t0)
         self.maybe_commit_group_offsets(t1)
 
     def maybe_commit_group_offsets(self, now: float) -> None:
@@ -145,8 +147,16 @@ class TxnStage:
         self._group_committed_at = now
         offsets = {tp: o for tp, o in self.positions.items()
                    if tp in self.consumer.assignment()}
+        self.record_lag(offsets)
         if offsets:
             self._group_commit = asyncio.ensure_future(self._commit_group(offsets))
+
+    def record_lag(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Records behind each input partition's end (as of the last fetch), for /metrics."""
+        for tp, o in offsets.items():
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                LAG.labels(self.name, tp.topic, str(tp.partition)).set(max(0, end - o))
 
     async def _commit_group(self, offsets: dict[TopicPartition, int]) -> None:
         try:
@@ -204,8 +214,11 @@ class TxnStage:
                 timing["poll"] += t1 - t0
                 timing["step"] += t2 - t1
                 if batch:
-                    self.records += sum(len(v) for v in batch.values())
+                    n = sum(len(v) for v in batch.values())
+                    self.records += n
                     self.step_times.append(t2 - t1)
+                    RECORDS_IN.labels(self.name).inc(n)
+                    TRANSACTION_SECONDS.labels(self.name).observe(t2 - t1)
         finally:
             if self._group_commit is not None:
                 with contextlib.suppress(Exception):

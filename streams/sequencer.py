@@ -27,6 +27,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from yibao.metrics import ABORTS, DEAD_LETTERS
 from yibao.rules.dedup import DEFAULT_WINDOW
 from yibao.settings import Settings
 from yibao.streams.cores import (
@@ -146,6 +147,7 @@ class Sequencer(TxnStage):
             self.core.revoke(p)
         if not self.assigned and self.active:
             self.active = False
+            ABORTS.labels("sequencer").inc()
             stop_later(self.producer)  # fenced already, if a zombie; a new one takes over
         if self.processor is not None:
             # another worker's sequencer may write the ledger next: the processor reads it
@@ -260,6 +262,7 @@ class Sequencer(TxnStage):
             if out is None:
                 continue
             if isinstance(out, DeadLetterAppend):
+                DEAD_LETTERS.inc()
                 p = rec.tp.partition % await outbox.partitions(deadletter)
                 outbox.add(deadletter, p, out.key, out.value, out.timestamp or None)
                 continue

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from yibao.metrics import serve_metrics
 from yibao.rules.dedup import DEFAULT_WINDOW_DAYS
 from yibao.rules.engine import Engine
 from yibao.rules.policy import load_policy
@@ -178,6 +179,7 @@ class GcPauses:
 
 
 def main(settings: Settings, opts: WorkerOptions) -> None:
+    serve_metrics(settings.metrics_port)
     try:
         import uvloop
 

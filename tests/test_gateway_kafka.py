@@ -36,6 +36,7 @@ class Stack:
     index: Path
     gateway: Any
     worker: Any
+    worker_metrics: str = ""
 
     def client(self, who: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.keys[who]}"} if who else {}
@@ -65,12 +66,14 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "h3": add_client(clients, "hospital-3", "hospital", ("F-3",)),
         "bureau": add_client(clients, "bureau", "bureau", ()),
     }
-    worker = spawn(s, worker_id="g", log_file=tmp / "worker.log")
+    metrics_port = free_port()
+    worker = spawn(s, worker_id="g", log_file=tmp / "worker.log",
+                   env={"YIBAO_METRICS_PORT": str(metrics_port)})
     port = free_port()
     gw = spawn_gateway(s, port=port, clients=clients, index=tmp / "index.sqlite",
                        log_file=tmp / "gateway.log")
     st = Stack(s, f"http://127.0.0.1:{port}", keys, tmp, clients, tmp / "index.sqlite", gw,
-               worker)
+               worker, f"http://127.0.0.1:{metrics_port}/metrics")
     try:
         wait_ready(st.url, gw)
         yield st
@@ -244,3 +247,47 @@ def test_503_when_the_broker_cannot_be_reached(tmp_path: Path) -> None:
             assert r.status_code == 503 and "nothing was published" in r.json()["error"]
     finally:
         terminate(gw)
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_the_worker_serves_its_metrics(stack: Stack) -> None:
+    """Records in and out, transaction latency, lag per partition and dead letters: a record
+    a hospital sends straight to care with a registration type is counted dead-lettered."""
+    import time
+
+    from aiokafka import AIOKafkaProducer
+
+    before = httpx.get(stack.worker_metrics).text
+    async def send_bad() -> None:
+        p = AIOKafkaProducer(**client_options(stack.settings))
+        await p.start()
+        try:
+            await p.send_and_wait(stack.settings.topic_prefix + "care",
+                                  json.dumps(registered("P-M1", "H-M1")).encode(), key=b"P-M1")
+        finally:
+            await p.stop()
+    asyncio.run(send_bad())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = httpx.get(stack.worker_metrics).text
+        if _metric(text, "yibao_worker_dead_letters_total") > _metric(
+                before, "yibao_worker_dead_letters_total"):
+            break
+        time.sleep(0.3)
+    assert _metric(text, "yibao_worker_dead_letters_total") == _metric(
+        before, "yibao_worker_dead_letters_total") + 1
+    assert _metric(text, "yibao_worker_records_in_total", stage="sequencer") > 0
+    assert _metric(text, "yibao_worker_records_out_total",
+                   topic=stack.settings.topic_prefix + "settlements") > 0
+    assert _metric(text, "yibao_worker_transaction_seconds_count", stage="sequencer") > 0
+    assert "yibao_worker_lag_records" in text

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         default=300, ge=1, description="The projector writes at least this often."
     )
 
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Port of the Prometheus /metrics endpoint of `yibao worker` and `yibao "
+        "project` (0: none). The gateway serves /metrics on its own port.",
+    )
+
     # `yibao gateway`: the hospitals' HTTP front door.
     gateway_host: str = Field(default="127.0.0.1", description="Address `yibao gateway serve` listens on.")
     gateway_port: int = Field(default=8080, ge=1, le=65535, description="Port of the gateway.")

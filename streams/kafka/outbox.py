@@ -10,6 +10,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from yibao.metrics import RECORDS_OUT
+
 
 @functools.lru_cache(maxsize=1 << 16)
 def _hash(key: bytes) -> int:
@@ -51,6 +53,7 @@ class Outbox:
         producer = self.producer
         sent: dict[tuple[str, int], Sent] = {}
         for (topic, partition), recs in self.records.items():
+            RECORDS_OUT.labels(topic).inc(len(recs))
             batch = producer.create_batch()
             for key, value, ts, headers in recs:
                 if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:

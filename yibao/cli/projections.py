@@ -64,6 +64,9 @@ def project(settings: Settings, db: Path | None, snapshot_every: float, max_wait
 
     log = get_logger("yibao.project")
     path = db or settings.duckdb_path
+    from yibao.metrics import serve_metrics
+
+    serve_metrics(settings.metrics_port)
 
     async def main() -> None:
         await create_all(settings)
