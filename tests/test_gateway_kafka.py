@@ -291,3 +291,22 @@ def test_the_worker_serves_its_metrics(stack: Stack) -> None:
                    topic=stack.settings.topic_prefix + "settlements") > 0
     assert _metric(text, "yibao_worker_transaction_seconds_count", stage="sequencer") > 0
     assert "yibao_worker_lag_records" in text
+
+
+def test_the_grafana_dashboard_charts_metrics_that_exist() -> None:
+    """Every metric docs/grafana-yibao.json queries is one the code defines (a rename
+    would leave a blank panel)."""
+    import re
+
+    import yibao.metrics as worker_metrics
+    from yibao.gateway.app import Metrics
+
+    dashboard = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-yibao.json"
+                            ).read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|count|sum|total)$", "", m)
+            for e in exprs for m in re.findall(r"yibao_[a-z_]+", e)}
+    defined = {c._name for c in vars(worker_metrics).values() if hasattr(c, "_name")}
+    defined |= {c._name for c in vars(Metrics()).values() if hasattr(c, "_name")}
+    defined = {re.sub(r"_total$", "", d) for d in defined}
+    assert used and used <= defined, used - defined
