@@ -160,6 +160,28 @@ def test_retries_are_idempotent_and_a_changed_body_conflicts(stack: Stack) -> No
             assert h1c.post("/v1/settle", json={**close, "use_personal_account": False}
                             ).status_code == 409
         assert _count(stack.settings, "care") == care_before
+    assert _occurrences(stack.settings, "ledger", close["event_id"]) == 1
+
+
+def _occurrences(settings: Settings, short: str, event_id: str) -> int:
+    """How many records of a topic are the event ``event_id`` (read to the end)."""
+    async def run() -> int:
+        c = AIOKafkaConsumer(**client_options(settings), group_id=None,
+                             isolation_level="read_committed", auto_offset_reset="earliest")
+        await c.start()
+        try:
+            tps = [TopicPartition(settings.topic_prefix + short, p) for p in range(PARTITIONS)]
+            c.assign(tps)
+            end = await c.end_offsets(tps)
+            n = 0
+            needle = f'"event_id":"{event_id}"'.encode()
+            while [tp for tp in tps if await c.position(tp) < end[tp]]:
+                for recs in (await c.getmany(timeout_ms=500)).values():
+                    n += sum(1 for r in recs if needle in r.value)
+            return n
+        finally:
+            await c.stop()
+    return asyncio.run(run())
 
 
 def test_bad_requests_get_4xx_and_publish_nothing(stack: Stack) -> None:
@@ -188,6 +210,16 @@ def test_bad_requests_get_4xx_and_publish_nothing(stack: Stack) -> None:
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         r = h1.post("/v1/settle?timeout=99", json=closed("P-G3", "V-G3"))
         assert r.status_code == 422 and r.json()["path"] == "timeout"
+        r = h1.post("/v1/events", json={**opened("P-G3", "V-G3c"), "ward": "7"})  # unknown field
+        assert r.status_code == 422 and "ward" in r.json()["error"]
+        r = h1.post("/v1/events", json={**opened("P-G3", "V-G3c"), "facility_level": "two"})
+        assert r.status_code == 422 and r.json()["path"] == "$.facility_level"
+        big = {**opened("P-G3", "V-G3c"), "diagnoses": ["J18.9"] * 1_000_000}  # ~10 MB
+        r = h1.post("/v1/events", json=big)
+        assert r.status_code == 413, r.text
+        credit = envelope("PersonalAccountCredited", "P-G3", amount_fen=500_000)
+        r = h1.post("/v1/events", json=credit)  # a hospital crediting an account
+        assert r.status_code == 403 and r.json()["path"] == "$.type"
         pay = envelope("PersonalAccountCredited", "P-G3", amount_fen=1)
         with stack.client("bureau") as bureau:
             r = bureau.post("/v1/events", json={**pay, "amount_fen": -5})

@@ -27,7 +27,7 @@ from prometheus_client import (
 )
 
 from yibao.gateway.credentials import Client, Credentials
-from yibao.gateway.exceptions import GatewayError, Invalid
+from yibao.gateway.exceptions import GatewayError, Invalid, TooLarge
 from yibao.gateway.index import Index
 from yibao.gateway.service import Answer, Command, Service
 from yibao.logging import get_logger
@@ -117,10 +117,8 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     def command_route(command: Command, summary: str) -> None:
         async def handler(request: Request) -> Response:
             async def run(client: Client) -> Answer:
-                body = await request.body()
+                body = await _body(request)
                 request.state.body = body
-                if len(body) > MAX_BODY_BYTES:
-                    raise Invalid(f"body larger than {MAX_BODY_BYTES} bytes", path="$")
                 timeout = _timeout(request, settings.gateway_timeout_s)
                 return await svc.submit(client, command, body, timeout)
             return await serve(request, command, run)
@@ -167,6 +165,20 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+async def _body(request: Request) -> bytes:
+    """The body, refused (413) past MAX_BODY_BYTES before more of it is read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise TooLarge(f"body of {declared} bytes: at most {MAX_BODY_BYTES}", path="$")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TooLarge(f"body larger than {MAX_BODY_BYTES} bytes", path="$")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _timeout(request: Request, default: float) -> float:

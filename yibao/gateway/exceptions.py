@@ -35,6 +35,10 @@ class Conflict(GatewayError, ValueError):
     status = 409
 
 
+class TooLarge(GatewayError, ValueError):
+    status = 413
+
+
 class Invalid(GatewayError, ValueError):
     status = 422
 
