@@ -4,18 +4,24 @@ A generated month for N households is published to the input topics (progress ba
 worker (sequencer + settlement processor, exactly-once) settles it; the projector projects
 ledger, settlements and dead letters into DuckDB (progress bar, from the snapshots it
 publishes); then the fund summary and a clearing report print and a chart of daily fund
-payouts by fund is written as HTML (inline SVG). Every run uses fresh topics
-(``demo-<time>-``) and a fresh projection file, ``var/demo/yibao.duckdb``.
+payouts by fund is written as HTML (inline SVG). Then the HTTP gateway starts and a few
+hundred visits go through it as a hospital's system would send them (open, charges,
+pre-settle, settle), with their latencies. Every run uses fresh topics (``demo-<time>-``)
+and a fresh projection file, ``var/demo/yibao.duckdb``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -70,6 +76,93 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     from yibao.streams.worker import terminate
 
     return terminate(proc, 30.0)
+
+
+HTTP_VISITS = 300
+
+
+def _post(url: str, key: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {key}",
+                                              "Content-Type": "application/json"})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            status, answer = r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        status, answer = e.code, json.loads(e.read() or b"{}")
+    return status, answer, time.perf_counter() - started
+
+
+def _visit(base: str, key: str, person: str, n: int, day: dt.date) -> tuple[str, float]:
+    """One visit as a hospital sends it; (the settle's answer, its latency in s)."""
+    at = f"{day.isoformat()}T10:{n % 60:02d}:00+08:00"
+    visit = f"V-HTTP-{n}"
+    head = {"schema_version": 1, "occurred_at": at, "source": "demo-his", "person_id": person,
+            "visit_id": visit}
+    items = [{"line_id": "L1", "code": "DRUG-AMOX", "name": "amoxicillin", "category": "drug",
+              "catalog_class": "A", "quantity": 2, "unit_price_fen": 1_500 + n,
+              "amount_fen": 2 * (1_500 + n)},
+             {"line_id": "L2", "code": "SVC-CONSULT", "name": "consultation",
+              "category": "service", "catalog_class": "A", "quantity": 1,
+              "unit_price_fen": 2_000, "amount_fen": 2_000}]
+    steps = [("events", {"type": "VisitOpened", **head, "event_id": f"{visit}-open",
+                         "facility_id": "F-DEMO-HTTP", "facility_level": 2,
+                         "facility_region": "500000", "kind": "outpatient", "opened_at": at,
+                         "diagnoses": ["J06.9"], "special_disease_code": None}),
+             ("events", {"type": "ItemsCharged", **head, "event_id": f"{visit}-charge",
+                         "items": items}),
+             ("presettle", {"type": "PreSettlementRequested", **head,
+                            "event_id": f"{visit}-pre", "closed_at": at}),
+             ("settle", {"type": "VisitClosed", **head, "event_id": f"{visit}-close",
+                         "closed_at": at})]
+    for command, body in steps:
+        status, answer, seconds = _post(f"{base}/v1/{command}", key, body)
+        if status >= 400:
+            return f"HTTP {status}", seconds
+    return str(answer.get("answer") or answer.get("status")), seconds
+
+
+def visits_over_http(s: Settings, workdir: Path, log: Path, *, count: int, day: dt.date) -> None:
+    """Start the gateway and send ``count`` outpatient visits of registered persons through
+    it, eight hospital connections at a time; print what they got and how fast."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from yibao.gateway.credentials import add_client
+    from yibao.gateway.process import free_port, spawn_gateway, wait_ready
+
+    persons = []
+    for line in log.open("rb"):
+        if b'"PersonRegistered"' in line:
+            persons.append(json.loads(line)["person_id"])
+            if len(persons) == count:
+                break
+    clients = workdir / "gateway-clients.json"
+    clients.unlink(missing_ok=True)
+    key = add_client(clients, "demo-his", "hospital", ("F-DEMO-HTTP",))
+    port = free_port()
+    index = workdir / "gateway-index.sqlite"
+    index.unlink(missing_ok=True)
+    gateway = spawn_gateway(s, port=port, clients=clients, index=index,
+                            log_file=workdir / "gateway.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, gateway, timeout=120)
+        click.echo(f"gateway on {base} (docs {base}/docs); {len(persons)} visits over HTTP ...",
+                   err=True)
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda a: _visit(base, key, a[1], a[0], day),
+                                    enumerate(persons)))
+    finally:
+        _stop(gateway)
+    latencies = sorted(sec for _answer, sec in results)
+    answers: dict[str, int] = {}
+    for answer, _sec in results:
+        answers[answer] = answers.get(answer, 0) + 1
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    click.echo(f"\n{len(results)} visits through the gateway: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(answers.items()))
+               + f"; settle p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
 
 
 @click.command()
@@ -138,6 +231,7 @@ def demo(settings: Settings, households: int, month: str, seed: int, workdir: Pa
                 time.sleep(0.5)
         if got != expected:
             click.echo(f"warning: projected {got}, expected {expected}", err=True)
+        visits_over_http(s, workdir, log, count=HTTP_VISITS, day=last)
     finally:
         rc_p = _stop(projector)
         rc_w = _stop(worker)
