@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from yibao.clock import local_date
-from yibao.rules.state import Person, Settlement, State, Visit
+from yibao.rules.state import Claim, Person, Settlement, State, Visit
 from yibao.schemas import events as ev
 
 
@@ -112,6 +112,7 @@ class Settled:
     person_id: str
     visit_id: str
     settlement: Settlement
+    claim: Claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,15 +169,21 @@ def apply_change(state: State, change: Change) -> None:
         case VisitStarted(event=e):
             _person(state, e.person_id).visits[e.visit_id] = Visit(e, local_date(e.opened_at))
         case LinesAdded(person_id=pid, visit_id=vid, items=items):
-            lines = state.persons[pid].visits[vid].lines
+            visit = state.persons[pid].visits[vid]
+            lines, codes = visit.lines, visit.codes
             for item in items:
                 lines[item.line_id] = (item.catalog_class, item.amount_fen, item.cap_fen)
+                codes[item.line_id] = (item.code, item.quantity)
         case LinesRemoved(person_id=pid, visit_id=vid, line_ids=ids):
-            lines = state.persons[pid].visits[vid].lines
+            visit = state.persons[pid].visits[vid]
             for line_id in ids:
-                del lines[line_id]
-        case Settled(person_id=pid, visit_id=vid, settlement=s):
+                del visit.lines[line_id]
+                visit.codes.pop(line_id, None)
+        case Settled(person_id=pid, visit_id=vid, settlement=s, claim=claim):
             _settle(state, pid, vid, s)
+            p = state.persons[pid]
+            p.settlements_made = claim.order
+            p.claims.append(claim)
         case Reversed(person_id=pid, visit_id=vid):
             _reverse(state, pid, vid)
         case Paid(person_id=pid, visit_id=vid, amount_fen=amount, bank=bank):
@@ -224,6 +231,7 @@ def _reverse(state: State, pid: str, vid: str) -> None:
             p.credit_outstanding[bank] -= amt
     visit.current = None
     visit.unpack()
+    p.claims = [c for c in p.claims if c.visit_id != vid]
 
 
 def _pay(state: State, pid: str, vid: str, amount: int, bank: str | None) -> None:

@@ -13,16 +13,18 @@ where the spec writes it, so an auditor recomputing a claim from its ``trace`` g
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from yibao.clock import local_date
 from yibao.rules import audit, steps
 from yibao.rules import changes as ch
+from yibao.rules.audit import Checkout, Finding, Line
+from yibao.rules.catalog import Catalog, CatalogVersion, load_catalog
 from yibao.rules.changes import apply_change
 from yibao.rules.policy import Policy, PolicyVersion, SchemePolicy
-from yibao.rules.state import Person, Settlement, State, Visit, in_force
+from yibao.rules.state import Claim, Person, Settlement, State, Visit, in_force
 from yibao.schemas import events as ev
 from yibao.schemas.events import (
     Amounts,
@@ -54,8 +56,9 @@ _NOTHING = Decision()
 class Engine:
     """Settles events under one policy. Stateless itself: state is passed in and out."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, catalog: Catalog | None = None) -> None:
         self.policy = policy
+        self.catalog = catalog if catalog is not None else load_catalog(None)
         self._handlers: dict[type, Callable[[State, Any], Decision]] = {
             ev.PersonRegistered: self._registered,
             ev.AssistanceStatusChanged: self._enrollment_change,
@@ -66,7 +69,7 @@ class Engine:
             ev.CrossRegionFiled: self._enrollment_change,
             ev.EnrollmentSuspended: self._enrollment_change,
             ev.EnrollmentResumed: self._enrollment_change,
-            ev.PersonDeceased: self._enrollment_change,
+            ev.PersonDeceased: self._deceased,
             ev.CreditLineGranted: self._enrollment_change,
             ev.CreditRepaid: self._credit_repaid,
             ev.VisitOpened: self._visit_opened,
@@ -151,6 +154,23 @@ class Engine:
         if isinstance(p, Decision):
             return p
         return Decision([], [_ENROLLMENT_CHANGES[type(e)](e)])
+
+    def _deceased(self, state: State, e: ev.PersonDeceased) -> Decision:
+        """Accepted like any enrollment change; then CLAIM_AFTER_DEATH (audit.md) over the
+        person's settled visits opened after the date of death, ids from ``<id>/0``."""
+        p = self._enrolled(state, e)
+        if isinstance(p, Decision):
+            return p
+        flags = [
+            AuditFlagRaised(
+                event_id=f"{e.event_id}/{i}", caused_by=e.event_id, person_id=e.person_id,
+                visit_id=c.visit_id, rule="CLAIM_AFTER_DEATH", severity="warn",
+                facility_id=c.facility_id,
+                detail=f"visit opened {dt.date.fromordinal(c.opened_date)} after the date of "
+                f"death {e.date_of_death}", line_ids=[], related_visit_id=None,
+                amount_fen=c.payout)
+            for i, c in enumerate(audit.claim_after_death(p.claims, e.date_of_death))]
+        return Decision(list(flags), [ch.Died(e.person_id, e.date_of_death)])
 
     def _registered(self, state: State, e: ev.PersonRegistered) -> Decision:
         p = state.persons.get(e.person_id)
@@ -366,7 +386,10 @@ class Engine:
     def _visit_closed(self, state: State, e: ev.VisitClosed) -> Decision:
         checked = self._can_settle(state, e)
         if isinstance(checked, Refusal):
-            return self._claim_rejected(e, checked.reason, checked.detail)
+            refused = self._claim_rejected(e, checked.reason, checked.detail)
+            if checked.flags:  # AUDIT_BLOCK: the blocking flags are raised too
+                refused.outputs.extend(_raise(checked.flags, e, checked.facility_id, 1))
+            return refused
         return self._settle(state, *checked, e)
 
     def _presettled(self, state: State, e: ev.PreSettlementRequested) -> Decision:
@@ -382,8 +405,8 @@ class Engine:
 
     def _can_settle(
         self, state: State, e: ev.VisitClosed | ev.PreSettlementRequested
-    ) -> Refusal | tuple[Person, ev.PersonRegistered, Visit, dt.date, PolicyVersion]:
-        """Step 0, checks 1-9 in the spec's order: the first that fails refuses the checkout."""
+    ) -> Refusal | tuple[Person, ev.PersonRegistered, Visit, dt.date, PolicyVersion, Audited]:
+        """Step 0, checks 1-10 in the spec's order: the first that fails refuses the checkout."""
         p = state.persons.get(e.person_id)
         visit = p.visits.get(e.visit_id) if p is not None else None
         # Step 0: can the visit be settled?
@@ -432,7 +455,16 @@ class Engine:
         mismatch = charges_mismatch(visit, e.charged_total_fen, e.charged_lines)
         if mismatch is not None:
             return Refusal("CHARGES_MISMATCH", mismatch)
-        return p, reg, visit, d, pol
+        # check 10: no blocking audit rule on the current lines
+        catalog = self.catalog.in_force(d, o.facility_region)
+        v = checkout_of(visit, o, e, d, catalog.entries if catalog else {},
+                        self.catalog.freq_codes)
+        blocking, warnings = audit.catalog_findings(v, catalog, reg.sex, reg.birth_date,
+                                                    o.facility_level)
+        if blocking:
+            return Refusal("AUDIT_BLOCK", audit.audit_block_detail(blocking, v),
+                           tuple(blocking), o.facility_id)
+        return p, reg, visit, d, pol, Audited(v, catalog, tuple(warnings))
 
     def _settle(
         self,
@@ -442,6 +474,7 @@ class Engine:
         visit: Visit,
         d: dt.date,
         pol: PolicyVersion,
+        audited: Audited,
         e: ev.VisitClosed | ev.PreSettlementRequested,
     ) -> Decision:
         """Steps 1-6 of settlement.md on a visit Step 0 accepted, composed from
@@ -514,9 +547,20 @@ class Engine:
             family=accounts.family,
             outstanding=accounts.cash_due,
         )
-        outputs: list[OutputEvent] = [settled]
-        outputs.extend(audit.flags(settled, benefit.filed, oop, e.event_id, 1))
-        return Decision(outputs, [ch.Settled(e.person_id, e.visit_id, record)])
+        payout = amounts.basic_fund + amounts.major_illness + amounts.assistance
+        v = audited.checkout
+        findings = [*audited.warnings,
+                    *audit.history_findings(v, p.claims, audited.catalog, payout),
+                    *audit.claim_rules(settled, benefit.filed, oop)]
+        outputs: list[OutputEvent] = [settled, *_raise(findings, e, o.facility_id, 1)]
+        freq_codes = self.catalog.freq_codes
+        claim = Claim(
+            order=p.settlements_made + 1, visit_id=e.visit_id, facility_id=o.facility_id,
+            kind=o.kind, opened_at=o.opened_at, closed_at=e.closed_at,
+            opened_date=visit.opened_date.toordinal(), service_date=d.toordinal(), dx3=v.dx3,
+            codes=tuple(dict.fromkeys(ln.code for ln in v.lines if ln.code in freq_codes)),
+            payout=payout)
+        return Decision(outputs, [ch.Settled(e.person_id, e.visit_id, record, claim)])
 
 
 #: The state change of each enrollment event that needs nothing but a registered person.
@@ -525,7 +569,6 @@ _ENROLLMENT_CHANGES: dict[type, Callable[[Any], ch.Change]] = {
     ev.CrossRegionFiled: lambda e: ch.Filed(e.person_id, e.treatment_region, e.valid_from, e.valid_to),
     ev.EnrollmentSuspended: lambda e: ch.SuspendedFrom(e.person_id, e.effective_from, True),
     ev.EnrollmentResumed: lambda e: ch.SuspendedFrom(e.person_id, e.effective_from, False),
-    ev.PersonDeceased: lambda e: ch.Died(e.person_id, e.date_of_death),
     ev.CreditLineGranted: lambda e: ch.CreditLineSet(e.person_id, e.bank, e.limit_fen),
 }
 
@@ -533,10 +576,49 @@ _ENROLLMENT_CHANGES: dict[type, Callable[[Any], ch.Change]] = {
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why Step 0 refuses a checkout: a ``ClaimRejected`` for a checkout, a
-    ``PreviewRejected`` for a pre-settlement, with the same reason."""
+    ``PreviewRejected`` for a pre-settlement, with the same reason; for ``AUDIT_BLOCK`` the
+    blocking flags a checkout raises (a pre-settlement raises none)."""
 
     reason: str
     detail: str
+    flags: tuple[Finding, ...] = ()
+    facility_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Audited:
+    """What check 10 learnt, for Steps 1-6: the checkout's facts, the catalog in force and
+    its non-blocking catalog flags (raised after the settlement)."""
+
+    checkout: Checkout
+    catalog: CatalogVersion | None
+    warnings: tuple[Finding, ...]
+
+
+def checkout_of(visit: Visit, o: ev.VisitOpened, e: ev.VisitClosed | ev.PreSettlementRequested,
+                d: dt.date, entries: Mapping[str, object], freq_codes: frozenset[str]
+                ) -> Checkout:
+    """The visit being closed as the audit rules see it: its opening, the checkout's time
+    and, in the order they were charged, the current lines whose code the catalog knows
+    (in force, or with a FREQUENCY window in any version); no rule reads the others, and
+    most lines are not in the catalog."""
+    codes = visit.codes
+    known = [lid for lid, (code, _qty) in codes.items() if code in entries or code in freq_codes]
+    lines = tuple(Line(lid, *codes[lid], visit.lines[lid][1]) for lid in known)
+    return Checkout(visit_id=e.visit_id, facility_id=o.facility_id, kind=o.kind,
+                    opened_at=o.opened_at, closed_at=e.closed_at, opened_date=visit.opened_date,
+                    service_date=d, dx3=audit.dx3_of(o.diagnoses), lines=lines)
+
+
+def _raise(findings: Iterable[Finding], e: ev.VisitClosed | ev.PreSettlementRequested,
+           facility_id: str, first: int) -> list[AuditFlagRaised]:
+    """Findings as ``AuditFlagRaised`` outputs, ids continuing the checkout's sequence."""
+    return [AuditFlagRaised(
+        event_id=f"{e.event_id}/{first + i}", caused_by=e.event_id, person_id=e.person_id,
+        visit_id=e.visit_id, rule=f.rule, severity=f.severity,  # type: ignore[arg-type]
+        facility_id=facility_id, detail=f.detail, line_ids=list(f.line_ids),
+        related_visit_id=f.related_visit_id, amount_fen=f.amount_fen)
+        for i, f in enumerate(findings)]
 
 
 def preview_of(settlement: list[OutputEvent]) -> ClaimPreviewed:

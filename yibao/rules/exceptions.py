@@ -11,3 +11,7 @@ class RulesError(YibaoError):
 
 class PolicyError(RulesError, ValueError):
     """A policy file or document that cannot be used; the message names the key and value."""
+
+
+class CatalogError(RulesError, ValueError):
+    """An audit catalog file that cannot be used; the message names the key and value."""

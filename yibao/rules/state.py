@@ -22,7 +22,8 @@ from yibao.schemas.events import Amounts, PersonRegistered, VisitOpened
 T = TypeVar("T")
 
 _PACK = msgspec.msgpack.Encoder()
-_UNPACK = msgspec.msgpack.Decoder(tuple[VisitOpened, dict[str, tuple[str, int, int | None]]])
+_UNPACK = msgspec.msgpack.Decoder(tuple[VisitOpened, dict[str, tuple[str, int, int | None]],
+                                         dict[str, tuple[str, int]]])
 
 ACCUMULATORS = (
     "outpatient_deductible_used",
@@ -66,16 +67,39 @@ class Visit:
     seq: int = 0
     current: Settlement | None = None
     packed: bytes | None = None
+    #: line_id -> (code, quantity): what the audit catalog rules read, beside ``lines``
+    codes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def pack(self) -> None:
-        self.packed = _PACK.encode((self.opened, self.lines))
+        self.packed = _PACK.encode((self.opened, self.lines, self.codes))
         self.opened = None
         self.lines = {}
+        self.codes = {}
 
     def unpack(self) -> None:
         if self.packed is not None:
-            self.opened, self.lines = _UNPACK.decode(self.packed)
+            self.opened, self.lines, self.codes = _UNPACK.decode(self.packed)
             self.packed = None
+
+
+@dataclass(slots=True)
+class Claim:
+    """A visit's current settlement as the audit rules remember it (audit.md, "settled
+    visits"): the history rules read the ones of the last 90 days, ``CLAIM_AFTER_DEATH``
+    any of them. Kept in the person (not in the visit, which the live processor pages out),
+    small, and dropped when the settlement is refunded."""
+
+    order: int  # the person's settlements in the order they were made
+    visit_id: str
+    facility_id: str
+    kind: str  # as opened
+    opened_at: dt.datetime
+    closed_at: dt.datetime  # of the current settlement's checkout
+    opened_date: int  # local date, ordinal
+    service_date: int  # local date of closed_at, ordinal
+    dx3: str | None
+    codes: tuple[str, ...]  # its current lines' codes that have a FREQUENCY window
+    payout: int  # basic_fund + major_illness + assistance
 
 
 @dataclass(slots=True)
@@ -93,6 +117,8 @@ class Person:
     credit_outstanding: dict[str, int] = field(default_factory=dict)
     visits: dict[str, Visit] = field(default_factory=dict)
     accumulators: dict[int, dict[str, int]] = field(default_factory=dict)
+    claims: list[Claim] = field(default_factory=list)  # current settlements, in order made
+    settlements_made: int = 0
 
     def acc(self, year: int) -> dict[str, int]:
         a = self.accumulators.get(year)
