@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,6 +254,9 @@ class Campaign:
             raise RuntimeError(f"replay: {done.stdout}{done.stderr}")
         done = subprocess.run([sys.executable, "-m", "yibao", "verify", str(self.db), str(ref)],
                               env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:  # keep what differed, and both files, for the post-mortem
+            ref.with_suffix(".verify.txt").write_text(done.stdout + done.stderr)
+            shutil.copy(self.db, ref.with_suffix(".live.duckdb"))
         return done.returncode == 0
 
 
@@ -366,7 +370,8 @@ def main() -> None:
             refdb = folder / f"replay-{i}.duckdb"
             same = c.replay_and_verify(refdb)
             pm, pd, px = compare_projection(c.db, refdb)
-            refdb.unlink(missing_ok=True)
+            if same:
+                refdb.unlink(missing_ok=True)
             if notes:
                 when += "; " + "; ".join(notes)
             rows.append((fault, when, m + pm, d + pd, x + px, "identical" if same else "DIFFERS"))
