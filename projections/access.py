@@ -29,12 +29,12 @@ file written by :func:`export_region`, which contains nothing but its region.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import duckdb
 
 from yibao.projections.exceptions import RegionError
+from yibao.projections.sql import region_predicate
 
 __all__ = [
     "RegionError",
@@ -45,7 +45,6 @@ __all__ = [
     "write_result",
 ]
 
-_REGION = re.compile(r"^\d{6}$")
 _SRC = "_yibao_src"
 
 #: base table -> rows in scope (SQL over the attached source ``_SRC`` and the temp table
@@ -70,15 +69,6 @@ _ROWS = {
 _FROM_SOURCE = {
     "clearing": "{insured} OR {treatment}",
 }
-
-
-def region_predicate(column: str, region: str) -> str:
-    """SQL: ``column`` is in ``region`` (exact code; ``NN0000`` = the whole province NN)."""
-    if not _REGION.match(region):
-        raise RegionError(f"region must be a 6-digit code such as 500000 or 500112, not {region!r}")
-    if region.endswith("0000"):
-        return f"left({column}, 2) = '{region[:2]}'"
-    return f"{column} = '{region}'"
 
 
 def _fill(template: str, region: str) -> str:

@@ -13,6 +13,7 @@ import msgspec
 
 from yibao.projections.runner import assign, consumer_for
 from yibao.projections.schema import PROJECTIONS
+from yibao.projections.sql import sql_literal
 from yibao.rules.engine import Engine
 from yibao.rules.policy import Policy, load_policy
 from yibao.schemas.codec import Codec
@@ -48,8 +49,8 @@ def verify(a: str | Path, b: str | Path, *, rows: int = 5) -> VerifyResult:
     in one and not the other (multiset difference)."""
     con = duckdb.connect()
     try:
-        con.execute(f"ATTACH '{_q(a)}' AS a (READ_ONLY)")
-        con.execute(f"ATTACH '{_q(b)}' AS b (READ_ONLY)")
+        con.execute(f"ATTACH {sql_literal(a)} AS a (READ_ONLY)")
+        con.execute(f"ATTACH {sql_literal(b)} AS b (READ_ONLY)")
         compared: list[tuple[str, int, int]] = []
         diffs: list[TableDiff] = []
         for name in PROJECTIONS:
@@ -72,10 +73,6 @@ def verify(a: str | Path, b: str | Path, *, rows: int = 5) -> VerifyResult:
         return VerifyResult(compared, diffs)
     finally:
         con.close()
-
-
-def _q(p: str | Path) -> str:
-    return str(p).replace("'", "''")
 
 
 # ------------------------------------------------------------------------------ reconcile

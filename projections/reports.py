@@ -11,15 +11,8 @@ from typing import Any
 
 import duckdb
 
+from yibao.projections.sql import region_predicate, sql_literal
 from yibao.projections.transform import Pseudonyms
-
-
-def _region_filter(col: str, region: str) -> str:
-    """Exact code, or the whole province for a code ending in 0000."""
-    r = region.replace("'", "")
-    if r.endswith("0000"):
-        return f"left({col}, 2) = '{r[:2]}'"
-    return f"{col} = '{r}'"
 
 
 def funds_query(region: str, start: dt.date, end: dt.date) -> str:
@@ -28,7 +21,7 @@ def funds_query(region: str, start: dt.date, end: dt.date) -> str:
                CAST(sum(claims) AS BIGINT) AS claims,
                round(sum(amount_fen) / 100.0, 2) AS amount_yuan
         FROM fund_ledger
-        WHERE {_region_filter('insured_region', region)}
+        WHERE {region_predicate('insured_region', region)}
           AND day BETWEEN DATE '{start}' AND DATE '{end}'
         GROUP BY ALL ORDER BY fund, scheme"""
 
@@ -36,14 +29,14 @@ def funds_query(region: str, start: dt.date, end: dt.date) -> str:
 def clearing_query(region: str, month: str) -> str:
     m = month.replace("'", "")
     return f"""
-        SELECT CASE WHEN {_region_filter('insured_region', region)} THEN 'owes' ELSE 'is owed'
+        SELECT CASE WHEN {region_predicate('insured_region', region)} THEN 'owes' ELSE 'is owed'
                END AS direction, insured_region, treatment_region, claims, total_fen,
                basic_fund_fen + major_illness_fen + assistance_fen AS funds_fen,
                personal_account_fen + family_aid_fen AS accounts_fen, owed_fen,
                round(owed_fen / 100.0, 2) AS owed_yuan
         FROM clearing
-        WHERE month = '{m}' AND ({_region_filter('insured_region', region)}
-                                 OR {_region_filter('treatment_region', region)})
+        WHERE month = '{m}' AND ({region_predicate('insured_region', region)}
+                                 OR {region_predicate('treatment_region', region)})
         ORDER BY direction DESC, owed_fen DESC, insured_region, treatment_region"""
 
 
@@ -73,21 +66,17 @@ def policy_impact_totals_query() -> str:
 
 def attach_pair(base: str | Path, whatif: str | Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.execute(f"ATTACH '{_q(base)}' AS base (READ_ONLY)")
-    con.execute(f"ATTACH '{_q(whatif)}' AS whatif (READ_ONLY)")
+    con.execute(f"ATTACH {sql_literal(base)} AS base (READ_ONLY)")
+    con.execute(f"ATTACH {sql_literal(whatif)} AS whatif (READ_ONLY)")
     return con
-
-
-def _q(p: str | Path) -> str:
-    return str(p).replace("'", "''")
 
 
 def export(con: duckdb.DuckDBPyConnection, query: str, csv: str | None, parquet: str | None
            ) -> None:
     if csv:
-        con.execute(f"COPY ({query}) TO '{_q(csv)}' (FORMAT csv, HEADER)")
+        con.execute(f"COPY ({query}) TO {sql_literal(csv)} (FORMAT csv, HEADER)")
     if parquet:
-        con.execute(f"COPY ({query}) TO '{_q(parquet)}' (FORMAT parquet)")
+        con.execute(f"COPY ({query}) TO {sql_literal(parquet)} (FORMAT parquet)")
 
 
 def explain(con: duckdb.DuckDBPyConnection, key: str, person_id: str, visit_id: str) -> str:
@@ -98,10 +87,10 @@ def explain(con: duckdb.DuckDBPyConnection, key: str, person_id: str, visit_id: 
         "insured_region, treatment_region, facility_id, booked_on, total, self_pay_full, "
         "over_cap, first_self_pay, eligible, deductible, basic_fund, major_illness, assistance, "
         "personal_account, family_account, cash_due, trace, event_id "
-        f"FROM settlements WHERE person_key = '{pk}' AND visit_id = '{_q(visit_id)}' "
+        f"FROM settlements WHERE person_key = '{pk}' AND visit_id = {sql_literal(visit_id)} "
         "ORDER BY src_partition, src_offset").fetchall()
     rej = con.sql(f"SELECT reason, detail, event_id FROM rejections WHERE person_key = '{pk}' "
-                  f"AND visit_id = '{_q(visit_id)}' ORDER BY src_offset").fetchall()
+                  f"AND visit_id = {sql_literal(visit_id)} ORDER BY src_offset").fetchall()
     if not rows and not rej:
         return f"no settlement of visit {visit_id} of person {person_id} (key {pk})"
     out = [f"person {person_id} (pseudonym {pk}), visit {visit_id}"]
@@ -130,7 +119,7 @@ _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 def daily_payouts(con: duckdb.DuckDBPyConnection, region: str | None = None
                   ) -> tuple[list[dt.date], dict[str, list[int]]]:
-    where = f"WHERE {_region_filter('insured_region', region)}" if region else ""
+    where = f"WHERE {region_predicate('insured_region', region)}" if region else ""
     rows = con.sql(f"SELECT day, fund, sum(amount_fen) FROM fund_ledger {where} "
                    "GROUP BY ALL ORDER BY day, fund").fetchall()
     days = sorted({r[0] for r in rows})

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from yibao.projections import sqltransform
 from yibao.projections.schema import PROJECTIONS, TABLES, VIEWS, ddl
+from yibao.projections.sql import sql_literal
 from yibao.projections.sqltransform import install_pseudonym_macro
 from yibao.projections.transform import DEV_PSEUDONYM_KEY
 
@@ -48,7 +49,7 @@ class Store:
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
-            self.con.execute(f"SET memory_limit = '{_sql_str(memory_limit)}'")
+            self.con.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
         if bulk:  # replay: one checkpoint at the end instead of one per 16 MiB of WAL
             self.con.execute("SET checkpoint_threshold = '8GB'")
         self.con.execute(ddl())
@@ -129,7 +130,7 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         con = self.con
-        con.execute(f"ATTACH '{_sql_str(str(tmp))}' AS _yibao_snapshot")
+        con.execute(f"ATTACH {sql_literal(str(tmp))} AS _yibao_snapshot")
         try:
             con.execute(f'COPY FROM DATABASE "{self.name}" TO _yibao_snapshot')
             con.execute("INSERT OR REPLACE INTO _yibao_snapshot._meta VALUES "
@@ -139,10 +140,6 @@ class Store:
         os.replace(tmp, final)
         self.last_snapshot = time.monotonic()
         return final
-
-
-def _sql_str(s: str) -> str:
-    return s.replace("'", "''")
 
 
 def connect_readonly(path: str | Path) -> duckdb.DuckDBPyConnection:

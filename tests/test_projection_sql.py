@@ -1,0 +1,37 @@
+"""One SQL literal helper and one region predicate for every projection module."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import pytest
+
+from yibao.projections.exceptions import RegionError
+from yibao.projections.reports import clearing_query, funds_query
+from yibao.projections.sql import region_predicate, sql_literal
+
+
+@pytest.mark.parametrize("bad", ["50000", "5000000", "50000'", "500000' OR '1'='1", "", "abcdef"])
+def test_every_region_reaching_sql_is_validated_and_named(bad: str) -> None:
+    for build in (lambda r: region_predicate("insured_region", r),
+                  lambda r: funds_query(r, dt.date(2025, 1, 1), dt.date(2025, 1, 31)),
+                  lambda r: clearing_query(r, "2025-01")):
+        with pytest.raises(RegionError, match="6-digit") as err:
+            build(bad)
+        assert repr(bad) in str(err.value)
+
+
+def test_a_province_code_covers_its_regions() -> None:
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT * FROM (VALUES ('500112'), ('500000'), ('510100')) v(r)")
+    province = region_predicate("r", "500000")
+    exact = region_predicate("r", "500112")
+    assert sorted(x for (x,) in con.sql(f"SELECT r FROM t WHERE {province}").fetchall()) == [
+        "500000", "500112"]
+    assert con.sql(f"SELECT r FROM t WHERE {exact}").fetchall() == [("500112",)]
+
+
+def test_a_literal_survives_quotes() -> None:
+    value = "it's a 'quoted' path/x.duckdb"
+    assert duckdb.connect().execute(f"SELECT {sql_literal(value)}").fetchone() == (value,)
