@@ -11,6 +11,7 @@ from typing import Any
 
 import duckdb
 
+from yibao.projections.schema import AMOUNTS
 from yibao.projections.sql import region_predicate, sql_literal
 from yibao.projections.transform import Pseudonyms
 
@@ -94,9 +95,7 @@ def explain(con: duckdb.DuckDBPyConnection, key: str, person_id: str, visit_id: 
     if not rows and not rej:
         return f"no settlement of visit {visit_id} of person {person_id} (key {pk})"
     out = [f"person {person_id} (pseudonym {pk}), visit {visit_id}"]
-    names = ["total", "self_pay_full", "over_cap", "first_self_pay", "eligible", "deductible",
-             "basic_fund", "major_illness", "assistance", "personal_account", "family_account",
-             "cash_due"]
+    names = AMOUNTS
     for r in rows:
         (typ, seq, pol, year, sdate, scheme, kind, ins, trt, fac, booked, *amts) = r[:23]
         trace, eid = r[23], r[24]

@@ -4,7 +4,7 @@ DuckDB when queried, so a projection is a pure function of the log and never dri
 
 Column lists are data (:data:`TABLES`): the same spec builds the Arrow schema of each batch
 and the DuckDB DDL, so the two cannot disagree. ``yibao projection-schema`` prints the DDL
-(documentation included); the README's "Projections" section lists every table and view.
+(documentation included); docs/projections.md (Tables, Views) lists every table and view.
 
 Privacy: no table holds a person or household id. ``person_key`` / ``household_key`` /
 ``payer_key`` / ``beneficiary_key`` are keyed pseudonyms, ``HMAC-SHA256(YIBAO_PSEUDONYM_KEY,
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from yibao.clock import ZONE_NAME
+from yibao.schemas.events import Amounts
 
 TS = pa.timestamp("ms", tz="UTC")
 
@@ -65,9 +66,8 @@ _OUT_HEAD = [
     Col("person_key", S, "pseudonym of person_id"),
     Col("event_time", TS, "settlements record timestamp = occurred_at of the input"),
 ]
-AMOUNTS = ("total", "self_pay_full", "over_cap", "first_self_pay", "eligible", "deductible",
-           "basic_fund", "major_illness", "assistance", "personal_account", "family_account",
-           "cash_due")
+#: the ``amounts`` of a settlement, in the contract's order (one column each)
+AMOUNTS: tuple[str, ...] = Amounts.__struct_fields__
 
 #: name -> (what a row is, columns). Every base table is append-only.
 TABLES: dict[str, tuple[str, list[Col]]] = {

@@ -12,7 +12,10 @@ log both ways and ``verify`` finds them identical, table by table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import duckdb
 import pyarrow as pa
@@ -20,6 +23,7 @@ import pyarrow as pa
 from yibao.clock import OFFSET_MS
 from yibao.projections.schema import AMOUNTS, TS
 from yibao.projections.transform import DEADLETTER, LEDGER, SETTLEMENTS, Record
+from yibao.schemas.events import INPUT_TYPES, OUTPUT_TYPES
 
 RAW_SCHEMA = pa.schema([("src_partition", pa.int32()), ("src_offset", pa.int64()),
                         ("ts", TS), ("value", pa.string())])
@@ -54,27 +58,56 @@ def install_pseudonym_macro(con: duckdb.DuckDBPyConnection, key: str | bytes) ->
 
 
 _V, _I, _D, _T, _B = '"VARCHAR"', '"BIGINT"', '"DATE"', '"TIMESTAMPTZ"', '"BOOLEAN"'
-_LEDGER_STRUCT = "{" + ",".join(f'"{k}":{t}' for k, t in [
-    ("type", _V), ("event_id", _V), ("person_id", _V), ("household_id", _V), ("scheme", _V),
-    ("region", _V), ("birth_date", _V), ("sex", _V), ("retired", _B), ("assistance", _V),
-    ("effective_from", _D), ("personal_account_fen", _I), ("amount_fen", _I),
-    ("beneficiary_id", _V), ("disease_code", _V), ("treatment_region", _V), ("valid_from", _D),
-    ("valid_to", _D), ("date_of_death", _D), ("bank", _V), ("limit_fen", _I), ("visit_id", _V),
-    ("facility_id", _V), ("facility_level", _I), ("facility_region", _V), ("kind", _V),
-    ("opened_at", _T), ("closed_at", _T), ("diagnoses", f"[{_V}]"),
-    ("items", '[{"amount_fen":"BIGINT"}]'), ("line_ids", f"[{_V}]"),
-    ("use_personal_account", _B), ("reason", _V), ("payment_id", _V), ("method", _V),
-]) + "}"
-_OUT_STRUCT = "{" + ",".join(f'"{k}":{t}' for k, t in [
-    ("type", _V), ("event_id", _V), ("caused_by", _V), ("person_id", _V), ("visit_id", _V),
-    ("household_id", _V), ("settlement_seq", _I), ("policy_version", _V),
-    ("benefit_year", _I), ("service_date", _D), ("scheme", _V), ("kind", _V),
-    ("insured_region", _V), ("treatment_region", _V), ("facility_id", _V),
-    ("cross_province", _B), ("amounts", "{" + ",".join(f'"{a}":{_I}' for a in AMOUNTS) + "}"),
-    ("family_debits", '[{"payer_id":"VARCHAR","amount_fen":"BIGINT"}]'), ("trace", '"JSON"'),
-    ("payment_id", _V), ("method", _V), ("amount_fen", _I), ("outstanding_fen", _I),
-    ("reason", _V), ("rule", _V), ("severity", _V), ("detail", _V),
-]) + "}"
+
+
+def _duck(tp: Any) -> str:
+    """The DuckDB JSON type of a contract field's annotation."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _duck(args[0])
+    if origin in (Union, UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _duck(inner[0]) if len(inner) == 1 else _V
+    if origin is Literal:
+        return _I if all(isinstance(a, int) for a in args) else _V
+    if origin is list:
+        return f"[{_duck(args[0])}]"
+    return {str: _V, int: _I, bool: _B, dt.date: _D, dt.datetime: _T}.get(tp, _V)
+
+
+def _contract_struct(types: Sequence[type], names: Sequence[str],
+                     given: Mapping[str, str]) -> str:
+    """The DuckDB struct a JSON record is read as: the ``names`` the projection reads, each
+    typed from its field in the contract's Structs (``given``: read otherwise), so a field
+    renamed or retyped in the contract fails here rather than projecting nulls."""
+    hints: dict[str, Any] = {}
+    for t in types:
+        for name, hint in get_type_hints(t, include_extras=True).items():
+            hints.setdefault(name, hint)
+    missing = [n for n in names if n not in hints and n not in given]
+    if missing:
+        raise KeyError(f"not fields of the contract: {missing}")
+    return "{" + ",".join(f'"{n}":{given.get(n) or _duck(hints[n])}' for n in names) + "}"
+
+
+_LEDGER_STRUCT = _contract_struct(INPUT_TYPES, (
+    "type", "event_id", "person_id", "household_id", "scheme", "region", "birth_date",
+    "sex", "retired", "assistance", "effective_from", "personal_account_fen", "amount_fen",
+    "beneficiary_id", "disease_code", "treatment_region", "valid_from", "valid_to",
+    "date_of_death", "bank", "limit_fen", "visit_id", "facility_id", "facility_level",
+    "facility_region", "kind", "opened_at", "closed_at", "diagnoses", "items", "line_ids",
+    "use_personal_account", "reason", "payment_id", "method",
+), {
+    "type": _V, "birth_date": _V, "items": '[{"amount_fen":"BIGINT"}]'})
+_OUT_STRUCT = _contract_struct(OUTPUT_TYPES, (
+    "type", "event_id", "caused_by", "person_id", "visit_id", "household_id",
+    "settlement_seq", "policy_version", "benefit_year", "service_date", "scheme", "kind",
+    "insured_region", "treatment_region", "facility_id", "cross_province", "amounts",
+    "family_debits", "trace", "payment_id", "method", "amount_fen", "outstanding_fen",
+    "reason", "rule", "severity", "detail",
+), {
+    "type": _V, "amounts": "{" + ",".join(f'"{a}":{_I}' for a in AMOUNTS) + "}",
+    "family_debits": '[{"payer_id":"VARCHAR","amount_fen":"BIGINT"}]', "trace": '"JSON"'})
 _DL_STRUCT = ('{"origin":{"topic":"VARCHAR","partition":"INTEGER","offset":"BIGINT"},'
               '"error":"VARCHAR","path":"VARCHAR","raw":"VARCHAR"}')
 

@@ -213,8 +213,8 @@ def test_units_per_day_counts_the_days_of_the_visit() -> None:
     def stay(days: int) -> list[dict[str, Any]]:
         return [_person(), *_visit("A", "V", kind="inpatient", opened=_at(1), closed=_at(3),
                                    codes=(("SVC-BED-WARD", days, 100 * days),))]
-    assert [o["type"] for o in _run(stay(3)) if o["caused_by"] == "V-close"][0] == "ClaimSettled"
-    assert [o.get("reason") for o in _run(stay(4)) if o["caused_by"] == "V-close"][0] == "AUDIT_BLOCK"
+    assert next(o["type"] for o in _run(stay(3)) if o["caused_by"] == "V-close") == "ClaimSettled"
+    assert next(o.get("reason") for o in _run(stay(4)) if o["caused_by"] == "V-close") == "AUDIT_BLOCK"
 
 
 def test_a_preview_is_refused_for_a_block_and_lists_the_warnings_it_would_raise() -> None:

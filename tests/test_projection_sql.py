@@ -35,3 +35,20 @@ def test_a_province_code_covers_its_regions() -> None:
 def test_a_literal_survives_quotes() -> None:
     value = "it's a 'quoted' path/x.duckdb"
     assert duckdb.connect().execute(f"SELECT {sql_literal(value)}").fetchone() == (value,)
+
+
+def test_the_projections_read_records_as_the_contract_types_them() -> None:
+    """The JSON structs the SQL transform reads records with come from the Structs: a field
+    the contract does not have fails at import, and each type is the field's."""
+    from yibao.projections.schema import AMOUNTS, TABLES
+    from yibao.projections.sqltransform import _LEDGER_STRUCT, _OUT_STRUCT, _contract_struct
+    from yibao.schemas.events import OUTPUT_TYPES, Amounts
+
+    with pytest.raises(KeyError, match="no_such_field"):
+        _contract_struct(OUTPUT_TYPES, ("type", "no_such_field"), {"type": '"VARCHAR"'})
+    assert '"facility_level":"BIGINT"' in _LEDGER_STRUCT
+    assert '"opened_at":"TIMESTAMPTZ"' in _LEDGER_STRUCT
+    assert '"cross_province":"BOOLEAN"' in _OUT_STRUCT and '"service_date":"DATE"' in _OUT_STRUCT
+    assert Amounts.__struct_fields__ == AMOUNTS
+    claims = [c.name for c in TABLES["claims"][1]]
+    assert all(a in claims for a in AMOUNTS)

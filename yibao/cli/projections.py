@@ -218,7 +218,8 @@ def _query_cmd(settings: Settings, db: Path | None, query: str, csv: str | None,
 @click.option("--csv", default=None, help="Also write the result as CSV.")
 @click.option("--parquet", default=None, help="Also write the result as Parquet.")
 @click.option("--region", default=None, help="A bureau's view: only this region's rows (6 digits; "
-              "NN0000 = the province), in a locked-down in-memory copy (see README, Security).")
+              "NN0000 = the province), in a locked-down in-memory copy (see docs/security.md, "
+              "Region scoping).")
 @click.pass_obj
 def sql(settings: Settings, query: str, db: Path | None, csv: str | None,
         parquet: str | None, region: str | None) -> None:
