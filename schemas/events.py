@@ -377,9 +377,18 @@ class _SettlementFields(_Out, frozen=True, kw_only=True, forbid_unknown_fields=T
     amounts: Amounts
     family_debits: list[FamilyDebit]
     trace: list[TraceEntry]
+    # ``opened_date`` (local date of the visit's ``opened_at``) and ``dx3``: on an inpatient
+    # claim only. Tier B's ``GROUP_ADMISSION`` groups admissions by them and reads nothing but
+    # ``settlements``, so a replay of that topic alone gives its flags. Absent elsewhere
+    # (``omit_defaults`` on the subclasses), so other claims read as before.
+    opened_date: dt.date | None = None
+    dx3: str | None = None
 
 
-class ClaimSettled(_SettlementFields, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ClaimSettled(
+    _SettlementFields, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True,
+    omit_defaults=True,
+):
     pass
 
 
@@ -395,7 +404,8 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class ClaimPreviewed(
-    _SettlementFields, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True
+    _SettlementFields, tag=True, frozen=True, kw_only=True, forbid_unknown_fields=True,
+    omit_defaults=True,
 ):
     audit: list[AuditEntry]
 

@@ -536,6 +536,9 @@ class Engine:
             amounts=amounts,
             family_debits=[FamilyDebit(payer_id=pid, amount_fen=amt) for pid, amt in accounts.family],
             trace=trace,
+            # what tier B's GROUP_ADMISSION groups admissions by (nothing on other claims)
+            opened_date=visit.opened_date if o.kind == "inpatient" else None,
+            dx3=audit.dx3_of(o.diagnoses) if o.kind == "inpatient" else None,
         )
         record = Settlement(
             seq=seq,
