@@ -57,6 +57,7 @@ _ROWS = {
     "payment_outcomes": "person_key IN (SELECT person_key FROM _scope)",
     "rejections": "person_key IN (SELECT person_key FROM _scope)",
     "audit_flags": "person_key IN (SELECT person_key FROM _scope)",
+    "audit_reviews": "person_key IN (SELECT person_key FROM _scope)",
     # by person, not insured_region: a ClaimReversed row carries no region of its own
     "claims": "person_key IN (SELECT person_key FROM _scope)",
     "family_debits": "beneficiary_key IN (SELECT person_key FROM _scope) "

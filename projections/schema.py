@@ -173,6 +173,16 @@ TABLES: dict[str, tuple[str, list[Col]]] = {
         Col("severity", S, "info | warn | block"),
         Col("facility_id", S, "facility"),
         Col("detail", S, "detail"),
+        Col("related_visit_id", S, "the other visit a history rule points at, or null"),
+        Col("amount_fen", I64, "the money at risk (audit.md, per rule)"),
+        *_POS,
+    ]),
+    "audit_reviews": ("one row per AuditFlagReviewed in the ledger (see view audit_cases)", [
+        *_LEDGER_HEAD,
+        Col("flag_id", S, "event_id of the AuditFlagRaised (or FacilityFlagRaised) reviewed"),
+        Col("outcome", S, "confirmed | dismissed"),
+        Col("recovered_fen", I64, "confirmed: what the fund claws back from the facility"),
+        Col("reviewer", S, "reviewer id"),
         *_POS,
     ]),
     "dead_letters": ("one row per deadletter record (malformed input)", [
@@ -370,11 +380,49 @@ VIEWS: dict[str, tuple[str, str]] = {
         FROM lim LEFT JOIN pay USING (person_key, bank) LEFT JOIN rep USING (person_key, bank)
         LEFT JOIN cancelled USING (person_key, bank)
     """),
+    "audit_cases": (
+        "one row per flag, and per review of an unknown flag: its state (open without a "
+        "review, else the latest review's outcome; unknown_flag for a review naming no "
+        "flag), the latest review, the claim's region and scheme, the money at risk", """
+        WITH latest AS (
+            SELECT *, row_number() OVER (PARTITION BY flag_id
+                ORDER BY occurred_at DESC, src_partition DESC, src_offset DESC) AS n
+            FROM audit_reviews),
+        c AS (SELECT caused_by, any_value(insured_region) AS insured_region,
+                     any_value(scheme) AS scheme, any_value(service_date) AS service_date
+              FROM claims WHERE type = 'ClaimSettled' GROUP BY caused_by)
+        SELECT f.event_id AS flag_id, f.rule, f.severity, f.facility_id, f.person_key,
+               f.visit_id, f.related_visit_id, f.amount_fen, f.detail,
+               f.event_time AS raised_at,
+               coalesce(c.service_date, CAST(f.event_time AS DATE)) AS service_date,
+               c.insured_region, c.scheme,
+               coalesce(r.outcome, 'open') AS state, r.reviewer,
+               r.occurred_at AS reviewed_at,
+               CASE WHEN r.outcome = 'confirmed' THEN r.recovered_fen ELSE 0 END
+                   AS recovered_fen
+        FROM audit_flags f
+        LEFT JOIN latest r ON r.flag_id = f.event_id AND r.n = 1
+        LEFT JOIN c ON c.caused_by = f.caused_by
+        UNION ALL
+        SELECT r.flag_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+               'a review of a flag that was never raised', NULL, NULL, NULL, NULL,
+               'unknown_flag', r.reviewer, r.occurred_at, 0
+        FROM latest r WHERE r.n = 1
+             AND r.flag_id NOT IN (SELECT event_id FROM audit_flags)
+    """),
+    "recoveries": (
+        "confirmed cases with money to claw back: the insured region's fund recovers "
+        "recovered_fen from the facility on the review's date (UTC+08:00)", f"""
+        SELECT insured_region, scheme, facility_id, flag_id, rule,
+               CAST(timezone('{ZONE_NAME}', reviewed_at) AS DATE) AS day, recovered_fen
+        FROM audit_cases WHERE state = 'confirmed' AND recovered_fen > 0
+    """),
     "fund_ledger": (
         "per insured_region, fund, scheme and day (booked_on): amount_fen paid (net of "
         "reversals) and claims. Funds as the national platform types them: "
         "basic_pooled_employee | basic_pooled_resident (basic pooled fund per scheme), "
-        "major_illness, medical_assistance, personal_account, family_aid", """
+        "major_illness, medical_assistance, personal_account, family_aid, and audit_recovery "
+        "(negative: what confirmed audit cases claw back from facilities)", """
         SELECT insured_region, fund, scheme, booked_on AS day, sum(amount) AS amount_fen,
                count(*) FILTER (WHERE amount <> 0) AS claims
         FROM (
@@ -383,7 +431,10 @@ VIEWS: dict[str, tuple[str, str]] = {
                             ('major_illness', major_illness),
                             ('medical_assistance', assistance),
                             ('personal_account', personal_account),
-                            ('family_aid', family_account)) AS f(fund, amount))
+                            ('family_aid', family_account)) AS f(fund, amount)
+            UNION ALL
+            SELECT insured_region, scheme, day, 'audit_recovery', -recovered_fen
+            FROM recoveries)
         GROUP BY ALL
     """),
     "clearing": (

@@ -96,7 +96,8 @@ _LEDGER_STRUCT = _contract_struct(INPUT_TYPES, (
     "beneficiary_id", "disease_code", "treatment_region", "valid_from", "valid_to",
     "date_of_death", "bank", "limit_fen", "visit_id", "facility_id", "facility_level",
     "facility_region", "kind", "opened_at", "closed_at", "diagnoses", "items", "line_ids",
-    "use_personal_account", "reason", "payment_id", "method",
+    "use_personal_account", "reason", "payment_id", "method", "flag_id", "outcome",
+    "recovered_fen", "reviewer",
 ), {
     "type": _V, "birth_date": _V, "items": '[{"amount_fen":"BIGINT"}]'})
 _OUT_STRUCT = _contract_struct(OUTPUT_TYPES, (
@@ -104,7 +105,7 @@ _OUT_STRUCT = _contract_struct(OUTPUT_TYPES, (
     "settlement_seq", "policy_version", "benefit_year", "service_date", "scheme", "kind",
     "insured_region", "treatment_region", "facility_id", "cross_province", "amounts",
     "family_debits", "trace", "payment_id", "method", "amount_fen", "outstanding_fen",
-    "reason", "rule", "severity", "detail",
+    "reason", "rule", "severity", "detail", "related_visit_id",
 ), {
     "type": _V, "amounts": "{" + ",".join(f'"{a}":{_I}' for a in AMOUNTS) + "}",
     "family_debits": '[{"payer_id":"VARCHAR","amount_fen":"BIGINT"}]', "trace": '"JSON"'})
@@ -153,6 +154,9 @@ LEDGER_SQL = [
     f"""INSERT INTO payment_events SELECT {_LHEAD}, j.visit_id, j.payment_id, j.method,
         j.amount_fen, j.bank, {_POS}
         FROM _yibao_l WHERE j.type = 'PaymentMade'""",
+    f"""INSERT INTO audit_reviews SELECT {_LHEAD}, j.flag_id, j.outcome, j.recovered_fen,
+        j.reviewer, {_POS}
+        FROM _yibao_l WHERE j.type = 'AuditFlagReviewed'""",
 ]
 
 _AMOUNTS_SQL = ", ".join(f"j.amounts.{a}" for a in AMOUNTS)
@@ -180,7 +184,7 @@ SETTLEMENTS_SQL = [
     f"""INSERT INTO rejections SELECT {_OHEAD}, j.visit_id, j.reason, {_scrub('j.detail')}, {_POS}
         FROM _yibao_s WHERE j.type IN ('ClaimRejected', 'EventRejected')""",
     f"""INSERT INTO audit_flags SELECT {_OHEAD}, j.visit_id, j.rule, j.severity, j.facility_id,
-        {_scrub('j.detail')}, {_POS}
+        {_scrub('j.detail')}, j.related_visit_id, j.amount_fen, {_POS}
         FROM _yibao_s WHERE j.type = 'AuditFlagRaised'""",
 ]
 

@@ -116,6 +116,10 @@ class _L(msgspec.Struct):
     reason: str | None = None
     payment_id: str | None = None
     method: str | None = None
+    flag_id: str | None = None
+    outcome: str | None = None
+    recovered_fen: int | None = None
+    reviewer: str | None = None
 
 
 class _Debit(msgspec.Struct):
@@ -151,6 +155,7 @@ class _O(msgspec.Struct):
     rule: str | None = None
     severity: str | None = None
     detail: str | None = None
+    related_visit_id: str | None = None
 
 
 class _Origin(msgspec.Struct):
@@ -237,6 +242,7 @@ class Transform:
         enr: list[tuple[Record, _L]] = []
         vis: list[tuple[Record, _L]] = []
         pay: list[tuple[Record, _L]] = []
+        rev: list[tuple[Record, _L]] = []
         for i, e in decoded:
             t = e.type
             if t in _VISIT:
@@ -247,6 +253,8 @@ class Transform:
                 reg.append((recs[i], e))
             elif t in _ENROLLMENT:
                 enr.append((recs[i], e))
+            elif t == "AuditFlagReviewed":
+                rev.append((recs[i], e))
 
         def head(rows: list[tuple[Record, _L]]) -> dict[str, list[Any]]:
             return {
@@ -316,6 +324,15 @@ class Transform:
                 "method": [e.method for e in es],
                 "amount_fen": [e.amount_fen for e in es],
                 "bank": [e.bank for e in es],
+            })
+        if rev:
+            es = [e for _, e in rev]
+            tables["audit_reviews"] = _table("audit_reviews", {
+                **head(rev),
+                "flag_id": [e.flag_id for e in es],
+                "outcome": [e.outcome for e in es],
+                "recovered_fen": [e.recovered_fen for e in es],
+                "reviewer": [e.reviewer for e in es],
             })
         return tables
 
@@ -414,6 +431,8 @@ class Transform:
                 "severity": [o.severity for _, o in flags],
                 "facility_id": [o.facility_id for _, o in flags],
                 "detail": [self._scrub(o.detail, o.person_id) for _, o in flags],
+                "related_visit_id": [o.related_visit_id for _, o in flags],
+                "amount_fen": [o.amount_fen for _, o in flags],
             })
         return tables
 
