@@ -9,9 +9,11 @@ share state.
 | registrations (bureau), care (hospitals), reviews (auditors) | person_id | forever |
 | ledger | household_id (person_id while unregistered) | forever |
 | settlements | household_id | forever |
+| audit (tier-B facility flags) | facility_id | forever |
 | deadletter | the input's key | forever |
 | sequencer-{dedup,persons,counts,stash}-changelog | store key | compacted |
 | processor-{households,visits}-changelog | store key | compacted |
+| audit-facilities-changelog | store key | compacted |
 
 The input topics (events.md, "Topics and order") are one per *authority*, and their record
 timestamps are the broker's (``message.timestamp.type=LogAppendTime``): the sequencer orders
@@ -96,6 +98,10 @@ class Topics:
         return self.name("settlements")
 
     @property
+    def audit(self) -> str:
+        return self.name("audit")
+
+    @property
     def deadletter(self) -> str:
         return self.name("deadletter")
 
@@ -114,6 +120,7 @@ class Topics:
             self.changelog("sequencer", "stash"),
             self.changelog("processor", "households"),
             self.changelog("processor", "visits"),
+            self.changelog("audit", "facilities"),
         ]
 
 
@@ -123,10 +130,10 @@ async def create_all(settings: Settings) -> list[str]:
     n = settings.partitions
     await create_topics(settings, t.inputs, partitions=n, config={**FOREVER, **BROKER_TIME})
     await ensure_topic_config(settings, t.inputs, BROKER_TIME)
-    await create_topics(settings, [t.deadletter, t.ledger, t.settlements], partitions=n,
+    await create_topics(settings, [t.deadletter, t.ledger, t.settlements, t.audit], partitions=n,
                         config=FOREVER)
     await create_topics(settings, t.changelogs, partitions=n, config=COMPACTED)
-    return [*t.inputs, t.ledger, t.settlements, t.deadletter, *t.changelogs]
+    return [*t.inputs, t.ledger, t.settlements, t.audit, t.deadletter, *t.changelogs]
 
 
 def create_all_sync(settings: Settings) -> list[str]:

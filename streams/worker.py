@@ -28,6 +28,7 @@ from yibao.rules.engine import Engine
 from yibao.rules.policy import load_policy
 from yibao.settings import Settings
 from yibao.streams.exceptions import StoreError
+from yibao.streams.facility_audit import FacilityAudit
 from yibao.streams.kafka.clients import StageConfig
 from yibao.streams.kafka.options import security_env
 from yibao.streams.processor import Processor
@@ -61,8 +62,9 @@ def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
         return StageConfig(
             bootstrap=settings,
             group_id=topics.group(stage),
-            # one sequencer is active at a time and they share an id (Sequencer.take_over)
-            transactional_id=topics.group(stage) if stage == "sequencer"
+            # one sequencer (audit stage) is active at a time and they share an id
+            # (Sequencer.take_over)
+            transactional_id=topics.group(stage) if stage in ("sequencer", "audit")
             else f"{topics.group(stage)}-{opts.worker_id}",
             transaction_timeout_ms=opts.transaction_timeout_ms,
             # The processor long-polls. The sequencer polls every 5 ms: aiokafka keeps one
@@ -82,6 +84,8 @@ def build_stages(settings: Settings, opts: WorkerOptions) -> list[TxnStage]:
         if opts.fuse and sequencer is not None:
             sequencer.attach(processor)
         stages.append(processor)
+    if "audit" in opts.stages:
+        stages.append(FacilityAudit(cfg("audit"), topics))
     return stages
 
 

@@ -27,7 +27,7 @@ LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
-Stage = Literal["sequencer", "processor"]
+Stage = Literal["sequencer", "processor", "audit"]
 StoreKind = Literal["rocksdb", "memory"]
 TestKafka = Literal["auto", "docker", "local"]
 
@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     )
     stages: Annotated[tuple[Stage, ...], NoDecode] = Field(
         default=("sequencer", "processor"), min_length=1,
-        description="Which stages `yibao worker` runs in its process (separated by spaces or commas).",
+        description="Which stages `yibao worker` runs (spaces or commas): sequencer, processor, audit.",
     )
     transaction_timeout_ms: int = Field(
         default=10_000, ge=1000,

@@ -248,6 +248,10 @@ for _command in (topics, publish, export, worker, books):
 
 # -- the HTTP gateway ----------------------------------------------------------------------------
 
+from yibao.cli.audit import audit  # noqa: E402
+
+main.add_command(audit)
+
 from yibao.cli.gateway import gateway  # noqa: E402
 
 main.add_command(gateway)

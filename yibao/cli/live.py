@@ -85,7 +85,7 @@ def export(settings: Settings, topic: str, out: str, timeout: float) -> None:
 @setting_option("--dedup-window-days", setting="dedup_window_days", type=click.IntRange(min=1))
 @setting_option("--policy", "policy_path", setting="policy",
                 type=click.Path(dir_okay=False, exists=True))
-@setting_option("--stage", "stages", setting="stages", type=click.Choice(["sequencer", "processor"]),
+@setting_option("--stage", "stages", setting="stages", type=click.Choice(["sequencer", "processor", "audit"]),
                 multiple=True)
 @setting_option("--transaction-timeout-ms", setting="transaction_timeout_ms",
                 type=click.IntRange(min=1000))
