@@ -4,7 +4,6 @@ one settlement explained, and a chart of daily fund payouts (HTML with inline SV
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -113,9 +112,6 @@ def explain(con: duckdb.DuckDBPyConnection, key: str, person_id: str, visit_id: 
 
 # ------------------------------------------------------------------------------ chart
 
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
-
-
 def daily_payouts(con: duckdb.DuckDBPyConnection, region: str | None = None
                   ) -> tuple[list[dt.date], dict[str, list[int]]]:
     where = f"WHERE {region_predicate('insured_region', region)}" if region else ""
@@ -130,44 +126,16 @@ def daily_payouts(con: duckdb.DuckDBPyConnection, region: str | None = None
 
 
 def chart_html(days: list[dt.date], series: dict[str, list[int]], title: str) -> str:
-    """A line chart (yuan per day, one line per fund) as a standalone HTML page."""
-    w, h, left, right, top, bottom = 960, 420, 80, 200, 40, 50
-    pw, ph = w - left - right, h - top - bottom
-    top_val = max([max(v) for v in series.values()] + [1]) / 100.0
-    n = max(len(days) - 1, 1)
+    """A line chart (yuan per day, one line per fund) as a standalone HTML page (Plotly,
+    plotly.js inline so the file opens offline)."""
+    import plotly.graph_objects as go
 
-    def x(i: int) -> float:
-        return left + pw * i / n
-
-    def y(v: float) -> float:
-        return top + ph - ph * max(v, 0) / top_val
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-             f'font-family="sans-serif" font-size="11">',
-             f'<text x="{left}" y="22" font-size="15">{html.escape(title)}</text>',
-             f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>']
-    for k in range(5):
-        v = top_val * k / 4
-        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:,.0f}</text>')
-        parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + pw}" y2="{y(v):.1f}" '
-                     'stroke="#ddd"/>')
-    step = max(1, len(days) // 8)
-    for i in range(0, len(days), step):
-        parts.append(f'<text x="{x(i):.1f}" y="{top + ph + 16}" text-anchor="middle">'
-                     f'{days[i]:%m-%d}</text>')
-    parts.append(f'<text x="{left}" y="{h - 8}">yuan per day (booking date, UTC+8)</text>')
-    for j, (fund, vals) in enumerate(sorted(series.items())):
-        c = _COLORS[j % len(_COLORS)]
-        pts = " ".join(f"{x(i):.1f},{y(v / 100.0):.1f}" for i, v in enumerate(vals))
-        parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.6" points="{pts}"/>')
-        ly = top + 14 + 18 * j
-        parts.append(f'<rect x="{left + pw + 14}" y="{ly - 9}" width="12" height="3" fill="{c}"/>')
-        parts.append(f'<text x="{left + pw + 32}" y="{ly - 4}">{html.escape(fund)} '
-                     f'({sum(vals) / 100:,.0f})</text>')
-    parts.append("</svg>")
-    return ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
-            + "".join(parts) + "\n")
+    fig = go.Figure()
+    for fund, vals in sorted(series.items()):
+        fig.add_trace(go.Scatter(x=days, y=[v / 100 for v in vals], mode="lines",
+                                 name=f"{fund} ({sum(vals) / 100:,.0f})"))
+    fig.update_layout(title=title, xaxis_title="booking date (UTC+8)", yaxis_title="yuan per day")
+    return fig.to_html(full_html=True, include_plotlyjs=True)
 
 
 def write_chart(con: duckdb.DuckDBPyConnection, out: str | Path, region: str | None = None

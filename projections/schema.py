@@ -383,7 +383,8 @@ VIEWS: dict[str, tuple[str, str]] = {
     "audit_cases": (
         "one row per flag, and per review of an unknown flag: its state (open without a "
         "review, else the latest review's outcome; unknown_flag for a review naming no "
-        "flag), the latest review, the claim's region and scheme, the money at risk", """
+        "flag), the latest review, the claim's (or the person's) insured region and scheme, "
+        "the money at risk", """
         WITH latest AS (
             SELECT *, row_number() OVER (PARTITION BY flag_id
                 ORDER BY occurred_at DESC, src_partition DESC, src_offset DESC) AS n
@@ -395,7 +396,8 @@ VIEWS: dict[str, tuple[str, str]] = {
                f.visit_id, f.related_visit_id, f.amount_fen, f.detail,
                f.event_time AS raised_at,
                coalesce(c.service_date, CAST(f.event_time AS DATE)) AS service_date,
-               c.insured_region, c.scheme,
+               coalesce(c.insured_region, p.region) AS insured_region,
+               coalesce(c.scheme, p.scheme) AS scheme,
                coalesce(r.outcome, 'open') AS state, r.reviewer,
                r.occurred_at AS reviewed_at,
                CASE WHEN r.outcome = 'confirmed' THEN r.recovered_fen ELSE 0 END
@@ -403,6 +405,7 @@ VIEWS: dict[str, tuple[str, str]] = {
         FROM audit_flags f
         LEFT JOIN latest r ON r.flag_id = f.event_id AND r.n = 1
         LEFT JOIN c ON c.caused_by = f.caused_by
+        LEFT JOIN persons p ON p.person_key = f.person_key
         UNION ALL
         SELECT r.flag_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                'a review of a flag that was never raised', NULL, NULL, NULL, NULL,

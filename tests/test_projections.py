@@ -103,7 +103,7 @@ def test_views_agree_with_engine_state(folded: tuple[Fold, list[Rec], list[Rec]]
         assert "ClaimSettled" in text and "- accounts:" in text
         days, series = daily_payouts(s.con)
         assert days and "major_illness" in series
-        assert "<svg" in chart_html(days, series, "t")
+        assert "plotly" in chart_html(days, series, "t")
         region = q("SELECT insured_region FROM fund_ledger LIMIT 1").fetchall()[0][0]
         assert q(funds_query(region, dt.date(2025, 1, 1), dt.date(2025, 12, 31))).fetchall()
         q(clearing_query(region[:2] + "0000", "2025-06")).fetchall()

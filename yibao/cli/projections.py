@@ -286,6 +286,31 @@ def report_clearing(settings: Settings, region: str, month: str, db: Path | None
     _query_cmd(settings, db, clearing_query(region, month), csv, parquet)
 
 
+@report.command("audit")
+@click.option("--region", required=True, help="Region code (NN0000: the province).")
+@click.option("--month", required=True, help="YYYY-MM")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_DB_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("var/reports"), show_default=True, help="Folder for the files.")
+@click.pass_obj
+def report_audit(settings: Settings, region: str, month: str, db: Path | None,
+                 out_dir: Path) -> None:
+    """The fund audit of REGION for a month, as an auditor reads it: peer comparison of
+    facilities, flags by facility and rule with the money at risk, the open case queue,
+    recoveries. Writes audit-<region>-<month>.html (Plotly charts) and each section as CSV
+    and Parquet."""
+    from yibao.projections.audit_report import write_audit_report
+    from yibao.projections.exceptions import RegionError
+    from yibao.projections.store import open_for_query
+
+    with open_for_query(db, settings.duckdb_path) as (con, _path):
+        try:
+            page = write_audit_report(con, out_dir, region, month)
+        except (RegionError, ValueError) as exc:
+            raise click.BadParameter(str(exc)) from None
+    click.echo(f"audit report written: {page} (+ CSV and Parquet per section)")
+
+
 @report.command("policy-impact")
 @click.argument("base", type=click.Path(dir_okay=False, exists=True))
 @click.argument("whatif", type=click.Path(dir_okay=False, exists=True))
@@ -334,7 +359,7 @@ def explain(settings: Settings, person: str, visit: str, db: Path | None) -> Non
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help=_DB_HELP)
 @click.pass_obj
 def chart(settings: Settings, out: str, region: str | None, db: Path | None) -> None:
-    """Write a chart of daily fund payouts by fund (HTML with inline SVG)."""
+    """Write a chart of daily fund payouts by fund (HTML, Plotly, opens offline)."""
     from yibao.projections.reports import write_chart
     from yibao.projections.store import open_for_query
 
