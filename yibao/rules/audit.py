@@ -25,17 +25,26 @@ from yibao.rules.catalog import CatalogEntry, CatalogVersion
 from yibao.rules.state import Claim
 from yibao.schemas.events import ClaimSettled
 
-#: A general outpatient claim above this total (fen) is unusual enough to look at.
-LARGE_OUTPATIENT_FEN = 500_000
-#: Class C (fully self-paid) share above which a claim may be shifting cost to patients.
-SELF_PAY_SHARE_BP = 5000
-#: The history: settled visits with a service date at most this many days before ``d``.
-HISTORY_DAYS = 90
-#: SPLIT_ADMISSION: a readmission within this many days of a discharge.
-SPLIT_ADMISSION_DAYS = 15
-#: DOCTOR_SHOPPING: the window (days, ``d`` included) and the number of facilities.
-SHOPPING_DAYS = 30
-SHOPPING_FACILITIES = 3
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The numbers of audit.md's rules, as one value: the engine runs with the defaults,
+    ``yibao audit backtest`` with others to see what a change would do."""
+
+    #: the history: settled visits with a service date at most this many days before ``d``
+    history_days: int = 90
+    #: SPLIT_ADMISSION: a readmission within this many days of a discharge
+    split_admission_days: int = 15
+    #: DOCTOR_SHOPPING: the window (days, ``d`` included) and the number of facilities
+    shopping_days: int = 30
+    shopping_facilities: int = 3
+    #: LARGE_OUTPATIENT_CLAIM: a general outpatient claim above this total (fen)
+    large_outpatient_fen: int = 500_000
+    #: HIGH_SELF_PAY_SHARE: class C share (basis points) above which cost may be shifted
+    self_pay_share_bp: int = 5000
+
+
+DEFAULTS = Thresholds()
 
 OUTPATIENT_KINDS = frozenset({"outpatient", "emergency"})
 
@@ -182,19 +191,20 @@ def audit_block_detail(blocking: Iterable[Finding], v: Checkout) -> str:
 # ------------------------------------------------------------------------- history rules
 
 
-def history_of(claims: Iterable[Claim], v: Checkout) -> list[Claim]:
+def history_of(claims: Iterable[Claim], v: Checkout, t: Thresholds = DEFAULTS) -> list[Claim]:
     """The settled visits with a service date ``>= d - 90`` (no upper bound), never V."""
-    start = v.service_date.toordinal() - HISTORY_DAYS
+    start = v.service_date.toordinal() - t.history_days
     return [c for c in claims if c.service_date >= start and c.visit_id != v.visit_id]
 
 
-def split_admission(v: Checkout, history: Sequence[Claim], payout: int) -> list[Finding]:
+def split_admission(v: Checkout, history: Sequence[Claim], payout: int,
+                    t: Thresholds = DEFAULTS) -> list[Finding]:
     """分解住院: readmitted within 15 days of a discharge with the same dx3."""
     if v.kind != "inpatient" or v.dx3 is None:
         return []
     opened = v.opened_date.toordinal()
     matches = [w for w in history if w.kind == "inpatient" and w.dx3 == v.dx3
-               and w.service_date <= opened <= w.service_date + SPLIT_ADMISSION_DAYS]
+               and w.service_date <= opened <= w.service_date + t.split_admission_days]
     if not matches:
         return []
     w = max(matches, key=lambda c: (c.closed_at, c.visit_id))
@@ -265,30 +275,32 @@ def frequency(v: Checkout, history: Sequence[Claim], catalog: CatalogVersion | N
     return out
 
 
-def doctor_shopping(v: Checkout, history: Sequence[Claim], payout: int) -> list[Finding]:
+def doctor_shopping(v: Checkout, history: Sequence[Claim], payout: int,
+                    t: Thresholds = DEFAULTS) -> list[Finding]:
     """多点就医: the same dx3 at 3 or more facilities within 30 days, outpatient or emergency."""
     if v.kind not in OUTPATIENT_KINDS or v.dx3 is None:
         return []
     d = v.service_date.toordinal()
     facilities = {c.facility_id for c in history if c.kind in OUTPATIENT_KINDS
-                  and c.dx3 == v.dx3 and d - SHOPPING_DAYS < c.service_date <= d}
+                  and c.dx3 == v.dx3 and d - t.shopping_days < c.service_date <= d}
     facilities.add(v.facility_id)
-    if len(facilities) < SHOPPING_FACILITIES:
+    if len(facilities) < t.shopping_facilities:
         return []
     return [Finding("DOCTOR_SHOPPING", "warn",
                     f"diagnosis {v.dx3} at {len(facilities)} facilities within "
-                    f"{SHOPPING_DAYS} days: {', '.join(sorted(facilities))}", (), None, payout)]
+                    f"{t.shopping_days} days: {', '.join(sorted(facilities))}", (), None,
+                    payout)]
 
 
 def history_findings(v: Checkout, claims: Iterable[Claim], catalog: CatalogVersion | None,
-                     payout: int) -> list[Finding]:
+                     payout: int, t: Thresholds = DEFAULTS) -> list[Finding]:
     """The history rules in audit.md's emission order."""
-    history = history_of(claims, v)
+    history = history_of(claims, v, t)
     if not history:
         return []
-    return [*split_admission(v, history, payout), *overlapping_stays(v, history, payout),
+    return [*split_admission(v, history, payout, t), *overlapping_stays(v, history, payout),
             *outpatient_during_stay(v, history, payout), *frequency(v, history, catalog),
-            *doctor_shopping(v, history, payout)]
+            *doctor_shopping(v, history, payout, t)]
 
 
 # --------------------------------------------------------------------------- claim rules
@@ -299,20 +311,21 @@ def fund_payout(s: ClaimSettled) -> int:
     return a.basic_fund + a.major_illness + a.assistance
 
 
-def claim_rules(s: ClaimSettled, filed: bool, oop: int) -> list[Finding]:
+def claim_rules(s: ClaimSettled, filed: bool, oop: int, t: Thresholds = DEFAULTS
+                ) -> list[Finding]:
     """The four claim rules of audit.md, in their table's order."""
     out: list[Finding] = []
     a = s.amounts
     payout = fund_payout(s)
-    if s.kind in ("outpatient", "outpatient_chronic") and a.total > LARGE_OUTPATIENT_FEN:
+    if s.kind in ("outpatient", "outpatient_chronic") and a.total > t.large_outpatient_fen:
         out.append(Finding("LARGE_OUTPATIENT_CLAIM", "warn",
-                           f"outpatient total {a.total} fen > {LARGE_OUTPATIENT_FEN}",
+                           f"outpatient total {a.total} fen > {t.large_outpatient_fen}",
                            amount_fen=payout))
     if s.cross_province and not filed:
         out.append(Finding("CROSS_PROVINCE_UNFILED", "info",
                            f"treated in {s.treatment_region}, insured in {s.insured_region}, "
                            "no filing", amount_fen=payout))
-    if a.total > 0 and a.self_pay_full * 10000 > a.total * SELF_PAY_SHARE_BP:
+    if a.total > 0 and a.self_pay_full * 10000 > a.total * t.self_pay_share_bp:
         out.append(Finding("HIGH_SELF_PAY_SHARE", "info",
                            f"class C {a.self_pay_full} of total {a.total} fen", amount_fen=payout))
     if a.major_illness + a.assistance > oop or a.personal_account < 0:

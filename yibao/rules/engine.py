@@ -56,9 +56,11 @@ _NOTHING = Decision()
 class Engine:
     """Settles events under one policy. Stateless itself: state is passed in and out."""
 
-    def __init__(self, policy: Policy, catalog: Catalog | None = None) -> None:
+    def __init__(self, policy: Policy, catalog: Catalog | None = None,
+                 thresholds: audit.Thresholds = audit.DEFAULTS) -> None:
         self.policy = policy
         self.catalog = catalog if catalog is not None else load_catalog(None)
+        self.thresholds = thresholds
         self._handlers: dict[type, Callable[[State, Any], Decision]] = {
             ev.PersonRegistered: self._registered,
             ev.AssistanceStatusChanged: self._enrollment_change,
@@ -553,8 +555,9 @@ class Engine:
         payout = amounts.basic_fund + amounts.major_illness + amounts.assistance
         v = audited.checkout
         findings = [*audited.warnings,
-                    *audit.history_findings(v, p.claims, audited.catalog, payout),
-                    *audit.claim_rules(settled, benefit.filed, oop)]
+                    *audit.history_findings(v, p.claims, audited.catalog, payout,
+                                            self.thresholds),
+                    *audit.claim_rules(settled, benefit.filed, oop, self.thresholds)]
         outputs: list[OutputEvent] = [settled, *_raise(findings, e, o.facility_id, 1)]
         freq_codes = self.catalog.freq_codes
         claim = Claim(
