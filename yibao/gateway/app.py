@@ -82,7 +82,13 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
     app.state.metrics = metrics
 
     async def serve(request: Request, command: str,
-                    run: Callable[[Client], Awaitable[Answer]]) -> Response:
+                    run: Callable[[Client], Awaitable[Answer]], *,
+                    render: Callable[[Answer], Response] | None = None,
+                    render_error: Callable[[GatewayError], Response] | None = None
+                    ) -> Response:
+        """One request: authenticate, run, log, time; ``render``/``render_error`` shape the
+        answer and the refusal in a dialect (FHIR, the national interface), native JSON
+        without them."""
         started = time.perf_counter()
         metrics.in_flight.inc()
         caller, event_id, outcome, status = None, None, "error", 500
@@ -95,6 +101,8 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
             status = 200 if answer.status == "answered" else 202
             if answer.status == "pending":
                 metrics.timeouts.labels(command).inc()
+            if render is not None:
+                return render(answer)
             headers = {} if status == 200 else {
                 "Location": f"/v1/outcomes/{answer.event_id}"}
             return Response(answer.body(), status_code=status, headers=headers,
@@ -103,6 +111,8 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
             status, outcome = exc.status, f"http_{exc.status}"
             if exc.status == 503:
                 metrics.publish_failures.inc()
+            if render_error is not None:
+                return render_error(exc)
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
             return JSONResponse({"error": exc.message, "path": exc.path}, status_code=status,
                                 headers=headers)
@@ -139,6 +149,12 @@ def create_app(settings: Settings, *, service: Service | None = None) -> FastAPI
         async def run(client: Client) -> Answer:
             return await svc.outcome(client, event_id, _timeout(request, 0.0))
         return await serve(request, "outcome", run)
+
+    from yibao.gateway.fhir import add_fhir_routes
+    from yibao.gateway.national import add_national_routes
+
+    add_fhir_routes(app, serve, svc, settings)
+    add_national_routes(app, serve, svc, settings)
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:

@@ -117,6 +117,16 @@ class Index:
         return [(t, bytes(body)) for _eid, t, body in sorted(rows,
                                                             key=lambda r: _output_rank(r[0]))]
 
+    def outputs_of_visit(self, visit_id: str, types: Iterable[str]) -> list[tuple[str, bytes]]:
+        """The outputs of the given types caused by any input of the visit (the national
+        interface's 2208 checks it names the visit's current settlement)."""
+        wanted = list(types)
+        marks = ",".join("?" * len(wanted))
+        rows = self.db.execute(
+            "SELECT o.type, o.body FROM outputs o JOIN inputs i ON o.caused_by = i.event_id "
+            f"WHERE i.visit_id = ? AND o.type IN ({marks})", (visit_id, *wanted)).fetchall()
+        return [(t, bytes(body)) for t, body in rows]
+
     def positions(self) -> dict[tuple[str, int], int]:
         return {(t, p): o for t, p, o in self.db.execute(
             "SELECT topic, part, next_offset FROM positions")}
