@@ -27,7 +27,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from yibao.metrics import PROJECTOR_BATCH_SECONDS, PROJECTOR_LAG, PROJECTOR_RECORDS
 from yibao.projections.sqltransform import raw_table
 from yibao.projections.store import Offsets, Store
-from yibao.projections.transform import DEADLETTER, LEDGER, ROLES, SETTLEMENTS, Rec, Transform
+from yibao.projections.transform import (
+    AUDIT,
+    DEADLETTER,
+    LEDGER,
+    ROLES,
+    SETTLEMENTS,
+    Rec,
+    Transform,
+)
 from yibao.rules.engine import Engine
 from yibao.rules.policy import Policy
 from yibao.schemas.codec import Codec
@@ -102,7 +110,8 @@ async def assign(consumer: AIOKafkaConsumer, topics: dict[str, str], wait: float
 async def run(settings: Settings, store: Store, transform: Transform, opts: RunOptions,
               stop: asyncio.Event | None = None) -> RunStats:
     t = Topics.of(settings)
-    names = {LEDGER: t.ledger, SETTLEMENTS: t.settlements, DEADLETTER: t.deadletter}
+    names = {LEDGER: t.ledger, SETTLEMENTS: t.settlements, DEADLETTER: t.deadletter,
+             AUDIT: t.audit}
     if opts.policy is not None:
         names.pop(SETTLEMENTS)
     whatif = _WhatIf(opts.policy) if opts.policy is not None else None
@@ -145,7 +154,8 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
                 tables: dict[str, Any] = {}
                 raw = {r: raw_table(rows[r]) for r in ROLES if rows[r]}
             else:
-                tables = transform.batch(rows[LEDGER], rows[SETTLEMENTS], rows[DEADLETTER])
+                tables = transform.batch(rows[LEDGER], rows[SETTLEMENTS], rows[DEADLETTER],
+                                         rows[AUDIT])
                 raw = {}
             batch_offsets = offsets
             if writing is not None:

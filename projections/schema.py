@@ -185,6 +185,20 @@ TABLES: dict[str, tuple[str, list[Col]]] = {
         Col("reviewer", S, "reviewer id"),
         *_POS,
     ]),
+    "facility_flags": ("one row per FacilityFlagRaised record of the audit topic (tier B; "
+                       "a repeat of an event_id is a redelivery: see facility_flags_current)", [
+        Col("event_id", S, "derived from rule, facility and window"),
+        Col("rule", S, "GROUP_ADMISSION | FACILITY_DAILY_SPIKE"),
+        Col("severity", S, "info | warn"),
+        Col("facility_id", S, "facility"),
+        Col("window_start", D, "first date of the window"),
+        Col("window_end", D, "last date of the window"),
+        Col("count", I64, "claims in the window"),
+        Col("amount_fen", I64, "fund payout of the claims involved"),
+        Col("detail", S, "detail"),
+        Col("event_time", TS, "audit record timestamp"),
+        *_POS,
+    ]),
     "dead_letters": ("one row per deadletter record (malformed input)", [
         Col("origin_topic", S, "input topic it was read from"),
         Col("origin_partition", I32, "its partition"),
@@ -412,6 +426,14 @@ VIEWS: dict[str, tuple[str, str]] = {
                'unknown_flag', r.reviewer, r.occurred_at, 0
         FROM latest r WHERE r.n = 1
              AND r.flag_id NOT IN (SELECT event_id FROM audit_flags)
+    """),
+    "facility_flags_current": (
+        "the tier-B flags, one per event_id (the first delivery: at-least-once repeats "
+        "are dropped)", """
+        SELECT * EXCLUDE (n) FROM (
+            SELECT *, row_number() OVER (PARTITION BY event_id
+                ORDER BY src_partition, src_offset) AS n FROM facility_flags)
+        WHERE n = 1
     """),
     "recoveries": (
         "confirmed cases with money to claw back: the insured region's fund recovers "

@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from yibao.clock import OFFSET_MS
 from yibao.projections.schema import AMOUNTS, TS
-from yibao.projections.transform import DEADLETTER, LEDGER, SETTLEMENTS, Record
-from yibao.schemas.events import INPUT_TYPES, OUTPUT_TYPES
+from yibao.projections.transform import AUDIT, DEADLETTER, LEDGER, SETTLEMENTS, Record
+from yibao.schemas.events import AUDIT_TYPES, INPUT_TYPES, OUTPUT_TYPES
 
 RAW_SCHEMA = pa.schema([("src_partition", pa.int32()), ("src_offset", pa.int64()),
                         ("ts", TS), ("value", pa.string())])
@@ -188,6 +188,14 @@ SETTLEMENTS_SQL = [
         FROM _yibao_s WHERE j.type = 'AuditFlagRaised'""",
 ]
 
+_AUDIT_STRUCT = _contract_struct(AUDIT_TYPES, (
+    "event_id", "rule", "severity", "facility_id", "window_start", "window_end", "count",
+    "amount_fen", "detail"), {})
+AUDIT_SQL = f"""INSERT INTO facility_flags SELECT j.event_id, j.rule, j.severity, j.facility_id,
+    j.window_start, j.window_end, j.count, j.amount_fen, j.detail, ts, {_POS} FROM (
+        SELECT src_partition, src_offset, ts, from_json(value, '{_AUDIT_STRUCT}') AS j
+        FROM _yibao_raw_a)"""
+
 DEADLETTER_SQL = [
     f"""INSERT INTO dead_letters SELECT j.origin.topic, j.origin.partition, j.origin.offset,
         CASE WHEN j IS NULL THEN 'dead letter is not JSON' ELSE j.error END, j.path,
@@ -218,6 +226,13 @@ def insert(con: duckdb.DuckDBPyConnection, raw: dict[str, pa.Table]) -> None:
         for sql in statements:
             con.execute(sql)
         con.execute(f"DROP TABLE {alias}")
+    t = raw.get(AUDIT)
+    if t is not None and t.num_rows:
+        con.register("_yibao_raw_a", t)
+        try:
+            con.execute(AUDIT_SQL)
+        finally:
+            con.unregister("_yibao_raw_a")
     t = raw.get(DEADLETTER)
     if t is not None and t.num_rows:
         con.register("_yibao_raw_d", t)

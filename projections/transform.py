@@ -24,10 +24,10 @@ import pyarrow as pa
 
 from yibao.clock import ms_local_date
 from yibao.projections.schema import AMOUNTS, ARROW_SCHEMAS
-from yibao.schemas.events import Amounts
+from yibao.schemas.events import Amounts, FacilityFlagRaised
 
-LEDGER, SETTLEMENTS, DEADLETTER = "ledger", "settlements", "deadletter"
-ROLES = (LEDGER, SETTLEMENTS, DEADLETTER)
+LEDGER, SETTLEMENTS, DEADLETTER, AUDIT = "ledger", "settlements", "deadletter", "audit"
+ROLES = (LEDGER, SETTLEMENTS, DEADLETTER, AUDIT)
 DEV_PSEUDONYM_KEY = "yibao-dev-pseudonym-key"
 
 
@@ -176,6 +176,7 @@ _L1 = msgspec.json.Decoder(_L)
 _ODEC = msgspec.json.Decoder(list[_O])
 _O1 = msgspec.json.Decoder(_O)
 _DDEC = msgspec.json.Decoder(_DL)
+_FDEC = msgspec.json.Decoder(FacilityFlagRaised)
 
 _ENROLLMENT = frozenset({
     "AssistanceStatusChanged", "PersonalAccountCredited", "FamilyAidAuthorized",
@@ -221,8 +222,11 @@ class Transform:
         self.undecodable = 0
 
     def batch(self, ledger: Sequence[Record] = (), settlements: Sequence[Record] = (),
-              deadletter: Sequence[Record] = ()) -> dict[str, pa.Table]:
+              deadletter: Sequence[Record] = (), audit: Sequence[Record] = ()
+              ) -> dict[str, pa.Table]:
         out: dict[str, pa.Table] = {}
+        if audit:
+            out["facility_flags"] = self.facility_flags(audit)
         if ledger:
             out.update(self.ledger(ledger))
         if settlements:
@@ -452,6 +456,30 @@ class Transform:
                                                text.encode()).decode()
 
     # -------------------------------------------------------------------------- dead letters
+
+    def facility_flags(self, recs: Sequence[Record]) -> pa.Table:
+        """The tier-B flags as the audit topic holds them, repeats included (the view
+        facility_flags_current keeps one per event_id)."""
+        rows = []
+        for r in recs:
+            try:
+                rows.append((r, _FDEC.decode(r.value or b"null")))
+            except msgspec.DecodeError:
+                self.undecodable += 1
+        return _table("facility_flags", {
+            "event_id": [f.event_id for _, f in rows],
+            "rule": [f.rule for _, f in rows],
+            "severity": [f.severity for _, f in rows],
+            "facility_id": [f.facility_id for _, f in rows],
+            "window_start": [f.window_start for _, f in rows],
+            "window_end": [f.window_end for _, f in rows],
+            "count": [f.count for _, f in rows],
+            "amount_fen": [f.amount_fen for _, f in rows],
+            "detail": [f.detail for _, f in rows],
+            "event_time": [r.timestamp for r, _ in rows],
+            "src_partition": [r.partition for r, _ in rows],
+            "src_offset": [r.offset for r, _ in rows],
+        })
 
     def dead_letters(self, recs: Sequence[Record]) -> pa.Table:
         rows = []

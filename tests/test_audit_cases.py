@@ -75,3 +75,27 @@ def test_cases_recoveries_and_unknown_flags(projected: tuple[Path, Path]) -> Non
         ledger = q("SELECT day, amount_fen FROM fund_ledger WHERE fund = 'audit_recovery'"
                    ).fetchall()
         assert [(str(d), a) for d, a in ledger] == [("2025-11-20", -10_000)]
+
+
+def test_facility_flags_keep_one_per_event_id_by_both_transforms(tmp_path: Path) -> None:
+    """Tier B delivers at least once: a repeated flag id is projected once in
+    facility_flags_current, identically by the Python and the SQL transform."""
+    flag = {"type": "FacilityFlagRaised", "event_id": "GROUP_ADMISSION/F1/2025-03-01/J18",
+            "rule": "GROUP_ADMISSION", "severity": "warn", "facility_id": "F1",
+            "window_start": "2025-03-01", "window_end": "2025-03-01", "count": 5,
+            "amount_fen": 123_456, "detail": "5 admissions of 3 households"}
+    other = {**flag, "event_id": "FACILITY_DAILY_SPIKE/F1/2025-03-02", "rule":
+             "FACILITY_DAILY_SPIKE", "severity": "info", "count": 25, "amount_fen": 9}
+    recs = [Rec(0, i, 1_740_000_000_000 + i, json.dumps(f).encode())
+            for i, f in enumerate([flag, other, flag])]
+    a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    with Store(a) as s:
+        s.write(Transform(KEY).batch(audit=recs), {})
+    with Store(b, pseudonym_key=KEY) as s:
+        s.write({}, {}, raw={"audit": raw_table(recs)})
+    assert verify(a, b).identical
+    with Store(a) as s:
+        assert s.con.sql("SELECT count(*) FROM facility_flags").fetchall() == [(3,)]
+        assert sorted(s.con.sql("SELECT rule, amount_fen FROM facility_flags_current"
+                                ).fetchall()) == [("FACILITY_DAILY_SPIKE", 9),
+                                                  ("GROUP_ADMISSION", 123_456)]
