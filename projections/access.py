@@ -34,7 +34,7 @@ from pathlib import Path
 import duckdb
 
 from yibao.projections.exceptions import RegionError
-from yibao.projections.sql import region_predicate
+from yibao.projections.sql import region_predicate, sql_identifier, sql_literal
 
 __all__ = [
     "RegionError",
@@ -80,7 +80,7 @@ def _fill(template: str, region: str) -> str:
 def _build(con: duckdb.DuckDBPyConnection, source: Path, region: str, schema: str) -> None:
     """Copy ``source``'s region-``region`` rows into ``schema`` of ``con`` and recreate its
     views there; the source is detached at the end."""
-    con.execute(f"ATTACH '{str(source).replace(chr(39), chr(39) * 2)}' AS {_SRC} (READ_ONLY)")
+    con.execute(f"ATTACH {sql_literal(source)} AS {_SRC} (READ_ONLY)")
     try:
         tables = [r[0] for r in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY table_name",
@@ -94,12 +94,13 @@ def _build(con: duckdb.DuckDBPyConnection, source: Path, region: str, schema: st
                     f"WHERE {region_predicate('region', region)}")
         for t in tables:
             where = _fill(_ROWS[t], region) if t in _ROWS else "false"
-            con.execute(f'CREATE TABLE {schema}."{t}" AS SELECT * FROM {_SRC}."{t}" WHERE {where}')
+            con.execute(f"CREATE TABLE {schema}.{sql_identifier(t)} AS SELECT * "
+                        f"FROM {_SRC}.{sql_identifier(t)} WHERE {where}")
         con.execute(f"USE {schema.split('.')[0]}")
         for name, _sql in views:
             if name in _FROM_SOURCE:
-                con.execute(f'CREATE TABLE {schema}."{name}" AS SELECT * FROM {_SRC}."{name}" '
-                            f"WHERE {_fill(_FROM_SOURCE[name], region)}")
+                con.execute(f"CREATE TABLE {schema}.{sql_identifier(name)} AS SELECT * "
+                            f"FROM {_SRC}.{sql_identifier(name)} WHERE {_fill(_FROM_SOURCE[name], region)}")
         todo = [(n, sql) for n, sql in views if n not in _FROM_SOURCE]
         while todo:  # in dependency order: a view over a view not yet made waits a round
             failed: list[tuple[str, str]] = []
@@ -141,7 +142,8 @@ def export_region(path: str | Path, region: str, dest: str | Path) -> Path:
         raise FileExistsError(f"{out} exists")
     con = duckdb.connect(str(out))
     try:
-        _build(con, Path(path), region, f'"{con.sql("SELECT current_database()").fetchall()[0][0]}".main')
+        db = con.sql("SELECT current_database()").fetchall()[0][0]
+        _build(con, Path(path), region, f"{sql_identifier(db)}.main")
         con.execute("CHECKPOINT")
     finally:
         con.close()

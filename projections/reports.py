@@ -22,12 +22,11 @@ def funds_query(region: str, start: dt.date, end: dt.date) -> str:
                round(sum(amount_fen) / 100.0, 2) AS amount_yuan
         FROM fund_ledger
         WHERE {region_predicate('insured_region', region)}
-          AND day BETWEEN DATE '{start}' AND DATE '{end}'
+          AND day BETWEEN DATE {sql_literal(start.isoformat())} AND DATE {sql_literal(end.isoformat())}
         GROUP BY ALL ORDER BY fund, scheme"""
 
 
 def clearing_query(region: str, month: str) -> str:
-    m = month.replace("'", "")
     return f"""
         SELECT CASE WHEN {region_predicate('insured_region', region)} THEN 'owes' ELSE 'is owed'
                END AS direction, insured_region, treatment_region, claims, total_fen,
@@ -35,7 +34,7 @@ def clearing_query(region: str, month: str) -> str:
                personal_account_fen + family_aid_fen AS accounts_fen, owed_fen,
                round(owed_fen / 100.0, 2) AS owed_yuan
         FROM clearing
-        WHERE month = '{m}' AND ({region_predicate('insured_region', region)}
+        WHERE month = {sql_literal(month)} AND ({region_predicate('insured_region', region)}
                                  OR {region_predicate('treatment_region', region)})
         ORDER BY direction DESC, owed_fen DESC, insured_region, treatment_region"""
 
@@ -82,15 +81,15 @@ def export(con: duckdb.DuckDBPyConnection, query: str, csv: str | None, parquet:
 def explain(con: duckdb.DuckDBPyConnection, key: str, person_id: str, visit_id: str) -> str:
     """A visit's settlements (and reversals, rejections) with the trace, as text."""
     pk = Pseudonyms(key)(person_id)
-    rows = con.sql(
+    rows = con.execute(
         "SELECT type, settlement_seq, policy_version, benefit_year, service_date, scheme, kind, "
         "insured_region, treatment_region, facility_id, booked_on, total, self_pay_full, "
         "over_cap, first_self_pay, eligible, deductible, basic_fund, major_illness, assistance, "
         "personal_account, family_account, cash_due, trace, event_id "
-        f"FROM settlements WHERE person_key = '{pk}' AND visit_id = {sql_literal(visit_id)} "
-        "ORDER BY src_partition, src_offset").fetchall()
-    rej = con.sql(f"SELECT reason, detail, event_id FROM rejections WHERE person_key = '{pk}' "
-                  f"AND visit_id = {sql_literal(visit_id)} ORDER BY src_offset").fetchall()
+        "FROM settlements WHERE person_key = ? AND visit_id = ? "
+        "ORDER BY src_partition, src_offset", [pk, visit_id]).fetchall()
+    rej = con.execute("SELECT reason, detail, event_id FROM rejections WHERE person_key = ? "
+                      "AND visit_id = ? ORDER BY src_offset", [pk, visit_id]).fetchall()
     if not rows and not rej:
         return f"no settlement of visit {visit_id} of person {person_id} (key {pk})"
     out = [f"person {person_id} (pseudonym {pk}), visit {visit_id}"]

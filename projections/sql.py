@@ -1,9 +1,11 @@
-"""The two SQL helpers every projection module shares: a string literal and a region.
+"""The SQL helpers every projection module shares: a literal, an identifier and a region.
 
-DuckDB takes parameters for values but not for ``ATTACH`` paths, ``COPY ... TO`` files or
-``SET`` values, so those are written as quoted literals, always through
-:func:`sql_literal`. A region reaches SQL only through :func:`region_predicate`, which
-refuses anything but a 6-digit code (so a hostile region can never become SQL).
+Values go to DuckDB as parameters (``?``) wherever it takes them. It does not for
+``ATTACH`` paths, ``COPY ... TO`` files, ``SET`` values or query text a report hands to
+``COPY``, so those are written as quoted literals, always through :func:`sql_literal`;
+table and database names, always through :func:`sql_identifier`. A region reaches SQL
+only through :func:`region_predicate`, which refuses anything but a 6-digit code (so a
+hostile region can never become SQL).
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ _REGION = re.compile(r"^\d{6}$")
 def sql_literal(value: str | Path) -> str:
     """``value`` as a SQL string literal, quotes included (``'it''s'``)."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier (``"a""b"``), so any table name is one name."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def check_region(region: str) -> str:

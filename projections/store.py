@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from yibao.projections import sqltransform
 from yibao.projections.schema import PROJECTIONS, TABLES, VIEWS, ddl
-from yibao.projections.sql import sql_literal
+from yibao.projections.sql import sql_identifier, sql_literal
 from yibao.projections.sqltransform import install_pseudonym_macro
 from yibao.projections.transform import DEV_PSEUDONYM_KEY
 
@@ -132,7 +132,7 @@ class Store:
         con = self.con
         con.execute(f"ATTACH {sql_literal(str(tmp))} AS _yibao_snapshot")
         try:
-            con.execute(f'COPY FROM DATABASE "{self.name}" TO _yibao_snapshot')
+            con.execute(f"COPY FROM DATABASE {sql_identifier(self.name)} TO _yibao_snapshot")
             con.execute("INSERT OR REPLACE INTO _yibao_snapshot._meta VALUES "
                         "('snapshot_at', strftime(now(), '%Y-%m-%dT%H:%M:%S.%g%z'))")
         finally:

@@ -52,3 +52,12 @@ def test_the_projections_read_records_as_the_contract_types_them() -> None:
     assert Amounts.__struct_fields__ == AMOUNTS
     claims = [c.name for c in TABLES["claims"][1]]
     assert all(a in claims for a in AMOUNTS)
+
+
+def test_an_identifier_survives_quotes() -> None:
+    from yibao.projections.sql import sql_identifier
+
+    con = duckdb.connect()
+    name = 'odd "table" name'
+    con.execute(f"CREATE TABLE {sql_identifier(name)} AS SELECT 1 AS x")
+    assert con.execute("SELECT table_name FROM duckdb_tables()").fetchall() == [(name,)]
