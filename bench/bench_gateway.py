@@ -67,10 +67,10 @@ def wait_sequenced(settings: Settings, n: int, timeout: float = 120.0) -> None:
     raise TimeoutError(f"the worker did not read {n} registrations in {timeout:g} s")
 
 
-def run_wrk(url: str, run: str, token: str, rate: float, seconds: int, connections: int
-            ) -> dict[str, float]:
+def run_wrk(url: str, run: str, token: str, rate: float, seconds: int, connections: int,
+            dialect: str = "native") -> dict[str, float]:
     env = {**os.environ, "RATE": str(rate), "THREADS": str(THREADS), "RUN": run,
-           "TOKEN": token}
+           "TOKEN": token, "DIALECT": dialect}
     cmd = ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
            "-s", str(SCRIPT), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--dialect", choices=["native", "fhir", "national"], default="native",
+                    help="how the flows are sent (fhir: pre-settle and settle as Claim/$submit)")
     args = ap.parse_args()
     bootstrap = Settings().bootstrap_servers
     tag = uuid.uuid4().hex[:6]
@@ -112,13 +114,16 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, gateway)
         if args.warmup:
-            run_wrk(url, "w" + tag, token, args.rate, args.warmup, args.connections)
-        r = run_wrk(url, "m" + tag, token, args.rate, args.seconds, args.connections)
+            run_wrk(url, "w" + tag, token, args.rate, args.warmup, args.connections,
+                    args.dialect)
+        r = run_wrk(url, "m" + tag, token, args.rate, args.seconds, args.connections,
+                    args.dialect)
         done = r["settles"] / r["duration_s"]
         errors = int(r["errors"] + r["unanswered"] + r["timeouts"])
         print(f"(wrk -t{THREADS} -c{args.connections} -d{args.seconds}s; {int(r['requests'])} "
               f"requests, {done:.0f} checkouts/s completed; logs in {tmp})")
-        print(f"gateway: {args.rate:g} checkouts/s offered, settle p50 {r['p50_ms']:.0f} ms, "
+        print(f"gateway{'' if args.dialect == 'native' else ' ' + args.dialect}: "
+              f"{args.rate:g} checkouts/s offered, settle p50 {r['p50_ms']:.0f} ms, "
               f"p99 {r['p99_ms']:.0f} ms, errors {errors}")
     finally:
         for p in reversed(procs):

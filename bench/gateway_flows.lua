@@ -4,7 +4,9 @@
 -- thread's connections interleave many flows without reordering any.
 --
 -- env: RATE (checkouts/s offered, all threads), THREADS (wrk -t), RUN (unique id),
---      TOKEN (a hospital's API key)
+--      TOKEN (a hospital's API key), DIALECT (native | fhir | national: how the
+--      pre-settle and settle go; the national dialect sends the whole flow, 2201 2204 2206
+--      2207, and FHIR sends a Claim to $submit after native open and charges)
 
 local ffi = require("ffi")
 ffi.cdef[[
@@ -38,6 +40,7 @@ function init(args)
   sent_at = {}      -- settle event_id -> ms
   settle_ms = {}    -- integer ms -> count
   settles, errors, unanswered = 0, 0, 0
+  dialect = os.getenv("DIALECT") or "native"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = auth
 end
@@ -48,6 +51,28 @@ local T_PRE = '{"type":"PreSettlementRequested","event_id":"%s","schema_version"
 local T_SETTLE = '{"type":"VisitClosed","event_id":"%s","schema_version":1,"occurred_at":"2025-06-01T09:21:00+08:00","source":"wrk","person_id":"%s","visit_id":"%s","closed_at":"2025-06-01T09:21:00+08:00"}'
 local STEPS = { {"/v1/events", T_OPEN}, {"/v1/events", T_CHARGE}, {"/v1/presettle", T_PRE},
                 {"/v1/settle", T_SETTLE} }
+
+-- FHIR: a Claim for the visit (200.00 yuan in two lines, as T_CHARGE), use predetermination
+-- then claim; its id names the flow (the event ids are <id>:presettle and <id>:settle)
+local T_CLAIM = '{"resourceType":"Claim","id":"%s","identifier":[{"system":"https://yibao.example/fhir/sid/visit-id","value":"%s"}],"status":"active","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/claim-type","code":"professional"}]},"use":"%s","patient":{"reference":"Patient/%s"},"billablePeriod":{"start":"2025-06-01T09:00:00+08:00","end":"%s"},"created":"%s","provider":{"reference":"Organization/F-1"},"priority":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/processpriority","code":"normal"}]},"insurance":[{"sequence":1,"focal":true,"coverage":{"reference":"Coverage/cov-1"}}],"total":{"value":200.00,"currency":"CNY"}}'
+local FHIR_STEPS = { [3] = {"predetermination", "2025-06-01T09:20:00+08:00"},
+                     [4] = {"claim", "2025-06-01T09:21:00+08:00"} }
+
+-- the national interface: one envelope, the flow's four transactions
+local T_ENV = '{"infno":"%s","msgid":"%s","mdtrtarea_admvs":"500000","insuplc_admdvs":"500000","fixmedins_code":"F-1","inf_time":"%s","input":%s}'
+local NAT_STEPS = {
+  {"2201", "2025-06-01 09:00:00", '{"data":{"psn_no":"%s","mdtrt_id":"%s","begntime":"2025-06-01 09:00:00","hosp_lv":"2","med_type":"11"},"diseinfo":[{"diag_code":"J18.9"}]}'},
+  {"2204", "2025-06-01 09:10:00", '{"feedetail":[{"feedetl_sn":"L1","mdtrt_id":"%2$s","psn_no":"%1$s","med_list_codg":"DRUG-1","medins_list_name":"drug","list_type":"101","chrgitm_lv":"01","cnt":2,"pric":"40.00","det_item_fee_sumamt":"80.00"},{"feedetl_sn":"L2","mdtrt_id":"%2$s","psn_no":"%1$s","med_list_codg":"SVC-1","medins_list_name":"service","list_type":"201","chrgitm_lv":"02","cnt":1,"pric":"120.00","det_item_fee_sumamt":"120.00"}]}'},
+  {"2206", "2025-06-01 09:20:00", '{"data":{"psn_no":"%s","mdtrt_id":"%s","medfee_sumamt":"200.00","endtime":"2025-06-01 09:20:00"}}'},
+  {"2207", "2025-06-01 09:21:00", '{"data":{"psn_no":"%s","mdtrt_id":"%s","medfee_sumamt":"200.00","endtime":"2025-06-01 09:21:00"}}'},
+}
+
+local function national_input(template, person, visit)
+  -- Lua's format has no positional arguments: fill %1$s / %2$s by hand
+  local filled = template:gsub("%%1%$s", person):gsub("%%2%$s", visit)
+  if filled:find("%%s") then filled = string.format(filled, person, visit) end
+  return filled
+end
 
 -- wrk asks delay() when a connection is free, then request() when the delay is over, just
 -- before it sends: so the pacing is decided here, and request() time is the send time.
@@ -69,15 +94,46 @@ function request()
   local person = string.format("P-%s-%d-%d", run, tid, flow.n)
   local visit = string.format("V-%s-%d-%d", run, tid, flow.n)
   local eid = string.format("E-%s-%d-%d-%d", run, tid, flow.n, flow.step)
-  local path, template = STEPS[flow.step][1], STEPS[flow.step][2]
-  waiting[eid] = flow
-  if flow.step == 4 then sent_at[eid] = t end
-  return wrk.format("POST", path, nil, string.format(template, eid, person, visit))
+  local path, body, key = nil, nil, eid
+  if dialect == "national" then
+    local step = NAT_STEPS[flow.step]
+    path = "/fsi/api/rsfComIfsService/callService"
+    body = string.format(T_ENV, step[1], eid, step[2], national_input(step[3], person, visit))
+  elseif dialect == "fhir" and flow.step >= 3 then
+    local claim = string.format("C-%s-%d-%d", run, tid, flow.n)
+    local step = FHIR_STEPS[flow.step]
+    path = "/fhir/r4/Claim/$submit"
+    body = string.format(T_CLAIM, claim, visit, step[1], person, step[2], step[2])
+    key = claim
+  else
+    path = STEPS[flow.step][1]
+    body = string.format(STEPS[flow.step][2], eid, person, visit)
+  end
+  waiting[key] = flow
+  if flow.step == 4 then sent_at[key] = t end
+  return wrk.format("POST", path, nil, body)
+end
+
+-- which flow an answer belongs to: the native answer's event_id, the national envelope's
+-- inf_refmsgid, the ClaimResponse's request (Claim/<id>)
+local function answer_key(body)
+  if body == nil then return nil end
+  return string.match(body, '"inf_refmsgid":"([^"]+)"')
+      or string.match(body, '"reference":"Claim/([^"]+)"')
+      or string.match(body, '"event_id":"([^"]+)"')
+end
+
+-- a business answer that is not a settlement or preview counts as an error
+local function failed(status, body)
+  if status >= 400 then return true end
+  if dialect == "national" then return string.find(body, '"infcode":0', 1, true) == nil end
+  if dialect == "fhir" then return string.find(body, '"outcome":"error"', 1, true) ~= nil end
+  return false
 end
 
 function response(status, headers, body)
-  local eid = body and string.match(body, '"event_id":"([^"]+)"')
-  if status >= 400 or eid == nil then
+  local eid = answer_key(body)
+  if failed(status, body or "") or eid == nil then
     errors = errors + 1
     return
   end
