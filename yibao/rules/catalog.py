@@ -14,14 +14,13 @@ insured region.
 from __future__ import annotations
 
 import datetime as dt
-import tomllib
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from yibao.rules.data import read_toml
 from yibao.rules.exceptions import CatalogError
 
 
@@ -197,17 +196,4 @@ def parse_catalog(doc: Mapping[str, Any]) -> Catalog:
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
     """Load a catalog TOML file; the default national catalog when ``path`` is None."""
-    try:
-        if path is None:
-            text = resources.files("yibao.rules").joinpath("catalog.toml").read_text("utf-8")
-            where = "catalog.toml"
-        else:
-            text = Path(path).read_text("utf-8")
-            where = str(path)
-    except OSError as exc:
-        raise CatalogError(f"cannot read catalog file: {exc}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"{where}: not valid TOML: {exc}") from None
-    return parse_catalog(doc)
+    return parse_catalog(read_toml(path, "catalog.toml", CatalogError, "catalog"))

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import tomllib
 from collections.abc import Mapping
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from yibao.rules.data import read_toml
 from yibao.rules.exceptions import PolicyError
 
 Bp = int  # basis points
@@ -260,17 +259,4 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
 
 def load_policy(path: str | Path | None = None) -> Policy:
     """Load a policy TOML file; the default national policy when ``path`` is None."""
-    try:
-        if path is None:
-            text = resources.files("yibao.rules").joinpath("national.toml").read_text("utf-8")
-            where = "national.toml"
-        else:
-            text = Path(path).read_text("utf-8")
-            where = str(path)
-    except OSError as exc:
-        raise PolicyError(f"cannot read policy file: {exc}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{where}: not valid TOML: {exc}") from None
-    return parse_policy(doc)
+    return parse_policy(read_toml(path, "national.toml", PolicyError, "policy"))
