@@ -15,13 +15,26 @@ rejected bytes as they arrived (operators need them to fix the source).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import pyarrow as pa
 
 from yibao.clock import ZONE_NAME
-from yibao.schemas.events import Amounts
+from yibao.schemas.events import (
+    Amounts,
+    AuditFlagRaised,
+    AuditFlagReviewed,
+    ClaimRejected,
+    EventRejected,
+    FacilityFlagRaised,
+    PaymentAccepted,
+    PaymentMade,
+    PaymentRejected,
+)
 
 TS = pa.timestamp("ms", tz="UTC")
 
@@ -69,6 +82,49 @@ _OUT_HEAD = [
 #: the ``amounts`` of a settlement, in the contract's order (one column each)
 AMOUNTS: tuple[str, ...] = Amounts.__struct_fields__
 
+#: fields a table's head already holds (ids, pseudonym, timestamps), or that it never projects
+_HEAD_FIELDS = frozenset({"event_id", "caused_by", "person_id", "schema_version",
+                          "occurred_at", "source"})
+
+
+def contract_fields(*types: type) -> tuple[str, ...]:
+    """The fields of the contract's ``types``, each once, in the contract's order."""
+    return tuple(dict.fromkeys(f for t in types for f in t.__struct_fields__))  # type: ignore[attr-defined]
+
+
+def _arrow(tp: Any) -> pa.DataType:
+    """The Arrow type of a contract field's annotation (constraints do not matter here)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _arrow(args[0])
+    if origin in (Union, UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            raise TypeError(f"no single column type for {tp}")
+        return _arrow(inner[0])
+    if origin is Literal:
+        return I64 if all(isinstance(a, int) for a in args) else S
+    types = {str: S, int: I64, bool: B, dt.date: D, dt.datetime: TS}
+    if tp not in types:
+        raise TypeError(f"no column type for {tp}: project it by hand or skip it")
+    return types[tp]
+
+
+def copied(types: tuple[type, ...], docs: dict[str, str], *,
+           skip: frozenset[str] = frozenset()) -> list[Col]:
+    """The columns of a table that copies its events' fields as they are: every field of
+    the contract's ``types`` but the ``head`` and ``skip``, in the contract's order, typed
+    from its annotation. So a field added to those Structs becomes a column (and both
+    transforms fill it); ``docs`` documents the known ones and may name no other."""
+    hints: dict[str, Any] = {}
+    for t in types:
+        for name, hint in get_type_hints(t, include_extras=True).items():
+            hints.setdefault(name, hint)
+    names = [f for f in contract_fields(*types) if f not in _HEAD_FIELDS and f not in skip]
+    if unknown := sorted(set(docs) - set(names)):
+        raise KeyError(f"documented columns that are not fields of {types}: {unknown}")
+    return [Col(f, _arrow(hints[f]), docs.get(f, f"{types[0].__name__}.{f}")) for f in names]
+
 #: name -> (what a row is, columns). Every base table is append-only.
 TABLES: dict[str, tuple[str, list[Col]]] = {
     "registrations": ("one row per PersonRegistered in the ledger (see view persons)", [
@@ -113,11 +169,12 @@ TABLES: dict[str, tuple[str, list[Col]]] = {
     ]),
     "payment_events": ("one row per PaymentMade in the ledger (outcome: payment_outcomes)", [
         *_LEDGER_HEAD,
-        Col("visit_id", S, "visit id"),
-        Col("payment_id", S, "payment id"),
-        Col("method", S, "insurance_code_qr | face | mobile | bank_card | cash | credit"),
-        Col("amount_fen", I64, "amount"),
-        Col("bank", S, "credit payments: the bank"),
+        *copied((PaymentMade,), {
+            "visit_id": "visit id",
+            "payment_id": "payment id",
+            "method": "insurance_code_qr | face | mobile | bank_card | cash | credit",
+            "amount_fen": "amount",
+            "bank": "credit payments: the bank"}),
         *_POS,
     ]),
     "claims": ("one row per ClaimSettled / ClaimReversed (see view settlements)", [
@@ -151,51 +208,57 @@ TABLES: dict[str, tuple[str, list[Col]]] = {
     ]),
     "payment_outcomes": ("one row per PaymentAccepted / PaymentRejected", [
         *_OUT_HEAD,
-        Col("visit_id", S, "visit id"),
-        Col("payment_id", S, "payment id"),
-        Col("method", S, "PaymentAccepted: method"),
-        Col("amount_fen", I64, "PaymentAccepted: amount"),
-        Col("outstanding_fen", I64, "PaymentAccepted: outstanding after it"),
-        Col("reason", S, "PaymentRejected: reason"),
+        *copied((PaymentAccepted, PaymentRejected), {
+            "visit_id": "visit id",
+            "payment_id": "payment id",
+            "method": "PaymentAccepted: method",
+            "amount_fen": "PaymentAccepted: amount",
+            "outstanding_fen": "PaymentAccepted: outstanding after it",
+            "reason": "PaymentRejected: reason"}),
         *_POS,
     ]),
     "rejections": ("one row per ClaimRejected / EventRejected", [
         *_OUT_HEAD,
-        Col("visit_id", S, "visit id, if any"),
-        Col("reason", S, "reason code"),
-        Col("detail", S, "readable detail (the person's id replaced by its pseudonym)"),
+        *copied((ClaimRejected, EventRejected), {
+            "visit_id": "visit id, if any",
+            "reason": "reason code",
+            "detail": "readable detail (the person's id replaced by its pseudonym)"}),
         *_POS,
     ]),
     "audit_flags": ("one row per AuditFlagRaised", [
         *_OUT_HEAD,
-        Col("visit_id", S, "visit id"),
-        Col("rule", S, "rule"),
-        Col("severity", S, "info | warn | block"),
-        Col("facility_id", S, "facility"),
-        Col("detail", S, "detail"),
-        Col("related_visit_id", S, "the other visit a history rule points at, or null"),
-        Col("amount_fen", I64, "the money at risk (audit.md, per rule)"),
+        *copied((AuditFlagRaised,), {
+            "visit_id": "visit id",
+            "rule": "rule",
+            "severity": "info | warn | block",
+            "facility_id": "facility",
+            "detail": "detail",
+            "related_visit_id": "the other visit a history rule points at, or null",
+            "amount_fen": "the money at risk (audit.md, per rule)"},
+            skip=frozenset({"line_ids"})),
         *_POS,
     ]),
     "audit_reviews": ("one row per AuditFlagReviewed in the ledger (see view audit_cases)", [
         *_LEDGER_HEAD,
-        Col("flag_id", S, "event_id of the AuditFlagRaised (or FacilityFlagRaised) reviewed"),
-        Col("outcome", S, "confirmed | dismissed"),
-        Col("recovered_fen", I64, "confirmed: what the fund claws back from the facility"),
-        Col("reviewer", S, "reviewer id"),
+        *copied((AuditFlagReviewed,), {
+            "flag_id": "event_id of the AuditFlagRaised (or FacilityFlagRaised) reviewed",
+            "outcome": "confirmed | dismissed",
+            "recovered_fen": "confirmed: what the fund claws back from the facility",
+            "reviewer": "reviewer id"}),
         *_POS,
     ]),
     "facility_flags": ("one row per FacilityFlagRaised record of the audit topic (tier B; "
                        "a repeat of an event_id is a redelivery: see facility_flags_current)", [
         Col("event_id", S, "derived from rule, facility and window"),
-        Col("rule", S, "GROUP_ADMISSION | FACILITY_DAILY_SPIKE"),
-        Col("severity", S, "info | warn"),
-        Col("facility_id", S, "facility"),
-        Col("window_start", D, "first date of the window"),
-        Col("window_end", D, "last date of the window"),
-        Col("count", I64, "claims in the window"),
-        Col("amount_fen", I64, "fund payout of the claims involved"),
-        Col("detail", S, "detail"),
+        *copied((FacilityFlagRaised,), {
+            "rule": "GROUP_ADMISSION | FACILITY_DAILY_SPIKE",
+            "severity": "info | warn",
+            "facility_id": "facility",
+            "window_start": "first date of the window",
+            "window_end": "last date of the window",
+            "count": "claims in the window",
+            "amount_fen": "fund payout of the claims involved",
+            "detail": "detail"}),
         Col("event_time", TS, "audit record timestamp"),
         *_POS,
     ]),
@@ -209,6 +272,25 @@ TABLES: dict[str, tuple[str, list[Col]]] = {
         Col("event_time", TS, "deadletter record timestamp"),
         *_POS,
     ]),
+}
+
+#: table -> the contract Structs it copies fields of, as they are (see :func:`copied`); the
+#: other tables derive their columns (pseudonyms, dates, sums) and list them by hand
+COPIED_FROM: dict[str, tuple[type, ...]] = {
+    "payment_events": (PaymentMade,),
+    "payment_outcomes": (PaymentAccepted, PaymentRejected),
+    "rejections": (ClaimRejected, EventRejected),
+    "audit_flags": (AuditFlagRaised,),
+    "audit_reviews": (AuditFlagReviewed,),
+    "facility_flags": (FacilityFlagRaised,),
+}
+
+#: table -> its columns that are fields of :data:`COPIED_FROM`'s Structs (what both
+#: transforms copy by name)
+COPIED: dict[str, tuple[str, ...]] = {
+    t: tuple(c.name for c in TABLES[t][1]
+             if c.name in contract_fields(*types) and c.name not in _HEAD_FIELDS)
+    for t, types in COPIED_FROM.items()
 }
 
 ARROW_SCHEMAS: dict[str, pa.Schema] = {

@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from yibao.clock import OFFSET_MS
-from yibao.projections.schema import AMOUNTS, TS
+from yibao.projections.schema import AMOUNTS, COPIED, TS
 from yibao.projections.transform import AUDIT, DEADLETTER, LEDGER, SETTLEMENTS, Record
 from yibao.schemas.events import AUDIT_TYPES, INPUT_TYPES, OUTPUT_TYPES
 
@@ -84,6 +84,7 @@ def _contract_struct(types: Sequence[type], names: Sequence[str],
     for t in types:
         for name, hint in get_type_hints(t, include_extras=True).items():
             hints.setdefault(name, hint)
+    names = tuple(dict.fromkeys(names))
     missing = [n for n in names if n not in hints and n not in given]
     if missing:
         raise KeyError(f"not fields of the contract: {missing}")
@@ -96,8 +97,8 @@ _LEDGER_STRUCT = _contract_struct(INPUT_TYPES, (
     "beneficiary_id", "disease_code", "treatment_region", "valid_from", "valid_to",
     "date_of_death", "bank", "limit_fen", "visit_id", "facility_id", "facility_level",
     "facility_region", "kind", "opened_at", "closed_at", "diagnoses", "items", "line_ids",
-    "use_personal_account", "reason", "payment_id", "method", "flag_id", "outcome",
-    "recovered_fen", "reviewer",
+    "use_personal_account", "reason", "payment_id", "method",
+    *COPIED["payment_events"], *COPIED["audit_reviews"],
 ), {
     "type": _V, "birth_date": _V, "items": '[{"amount_fen":"BIGINT"}]'})
 _OUT_STRUCT = _contract_struct(OUTPUT_TYPES, (
@@ -105,7 +106,8 @@ _OUT_STRUCT = _contract_struct(OUTPUT_TYPES, (
     "settlement_seq", "policy_version", "benefit_year", "service_date", "scheme", "kind",
     "insured_region", "treatment_region", "facility_id", "cross_province", "amounts",
     "family_debits", "trace", "payment_id", "method", "amount_fen", "outstanding_fen",
-    "reason", "rule", "severity", "detail", "related_visit_id",
+    "reason", "rule", "severity", "detail",
+    *COPIED["payment_outcomes"], *COPIED["rejections"], *COPIED["audit_flags"],
 ), {
     "type": _V, "amounts": "{" + ",".join(f'"{a}":{_I}' for a in AMOUNTS) + "}",
     "family_debits": '[{"payer_id":"VARCHAR","amount_fen":"BIGINT"}]', "trace": '"JSON"'})
@@ -131,6 +133,13 @@ def _scrub(col: str) -> str:
             f"'\\1' || pk || '\\2', 'g') ELSE {col} END")
 
 
+def _copy(table: str) -> str:
+    """The select list of the columns ``table`` copies from the contract (schema.COPIED); a
+    flag's or rejection's readable detail has the person's id pseudonymized."""
+    return ", ".join(_scrub("j.detail") if c == "detail" and table != "facility_flags"
+                     else f"j.{c}" for c in COPIED[table])
+
+
 LEDGER_SQL = [
     f"""INSERT INTO registrations SELECT {_LHEAD}, pseudo(coalesce(j.household_id, j.person_id)),
         j.scheme, j.region, CAST(substr(j.birth_date, 1, 4) AS SMALLINT), j.sex, j.retired,
@@ -151,11 +160,9 @@ LEDGER_SQL = [
         CASE WHEN j.type = 'VisitClosed' THEN coalesce(j.use_personal_account, true) END,
         j.reason, {_POS}
         FROM _yibao_l WHERE j.type IN ({_VISIT})""",
-    f"""INSERT INTO payment_events SELECT {_LHEAD}, j.visit_id, j.payment_id, j.method,
-        j.amount_fen, j.bank, {_POS}
+    f"""INSERT INTO payment_events SELECT {_LHEAD}, {_copy("payment_events")}, {_POS}
         FROM _yibao_l WHERE j.type = 'PaymentMade'""",
-    f"""INSERT INTO audit_reviews SELECT {_LHEAD}, j.flag_id, j.outcome, j.recovered_fen,
-        j.reviewer, {_POS}
+    f"""INSERT INTO audit_reviews SELECT {_LHEAD}, {_copy("audit_reviews")}, {_POS}
         FROM _yibao_l WHERE j.type = 'AuditFlagReviewed'""",
 ]
 
@@ -178,21 +185,17 @@ SETTLEMENTS_SQL = [
                    unnest(j.family_debits) AS d
             FROM _yibao_s WHERE j.type IN ('ClaimSettled', 'ClaimReversed')
                             AND len(j.family_debits) > 0)""",
-    f"""INSERT INTO payment_outcomes SELECT {_OHEAD}, j.visit_id, j.payment_id, j.method,
-        j.amount_fen, j.outstanding_fen, j.reason, {_POS}
+    f"""INSERT INTO payment_outcomes SELECT {_OHEAD}, {_copy("payment_outcomes")}, {_POS}
         FROM _yibao_s WHERE j.type IN ('PaymentAccepted', 'PaymentRejected')""",
-    f"""INSERT INTO rejections SELECT {_OHEAD}, j.visit_id, j.reason, {_scrub('j.detail')}, {_POS}
+    f"""INSERT INTO rejections SELECT {_OHEAD}, {_copy("rejections")}, {_POS}
         FROM _yibao_s WHERE j.type IN ('ClaimRejected', 'EventRejected')""",
-    f"""INSERT INTO audit_flags SELECT {_OHEAD}, j.visit_id, j.rule, j.severity, j.facility_id,
-        {_scrub('j.detail')}, j.related_visit_id, j.amount_fen, {_POS}
+    f"""INSERT INTO audit_flags SELECT {_OHEAD}, {_copy("audit_flags")}, {_POS}
         FROM _yibao_s WHERE j.type = 'AuditFlagRaised'""",
 ]
 
-_AUDIT_STRUCT = _contract_struct(AUDIT_TYPES, (
-    "event_id", "rule", "severity", "facility_id", "window_start", "window_end", "count",
-    "amount_fen", "detail"), {})
-AUDIT_SQL = f"""INSERT INTO facility_flags SELECT j.event_id, j.rule, j.severity, j.facility_id,
-    j.window_start, j.window_end, j.count, j.amount_fen, j.detail, ts, {_POS} FROM (
+_AUDIT_STRUCT = _contract_struct(AUDIT_TYPES, ("event_id", *COPIED["facility_flags"]), {})
+AUDIT_SQL = f"""INSERT INTO facility_flags SELECT j.event_id, {_copy("facility_flags")}, ts, {_POS}
+    FROM (
         SELECT src_partition, src_offset, ts, from_json(value, '{_AUDIT_STRUCT}') AS j
         FROM _yibao_raw_a)"""
 

@@ -23,7 +23,7 @@ import msgspec
 import pyarrow as pa
 
 from yibao.clock import ms_local_date
-from yibao.projections.schema import AMOUNTS, ARROW_SCHEMAS
+from yibao.projections.schema import AMOUNTS, ARROW_SCHEMAS, COPIED, TABLES
 from yibao.schemas.events import Amounts, FacilityFlagRaised
 
 LEDGER, SETTLEMENTS, DEADLETTER, AUDIT = "ledger", "settlements", "deadletter", "audit"
@@ -171,10 +171,26 @@ class _DL(msgspec.Struct):
     raw: str | None = None
 
 
-_LDEC = msgspec.json.Decoder(list[_L])
-_L1 = msgspec.json.Decoder(_L)
-_ODEC = msgspec.json.Decoder(list[_O])
-_O1 = msgspec.json.Decoder(_O)
+_PY = {"string": str, "int64": int, "int32": int, "int16": int, "bool": bool,
+       "date32[day]": dt.date, "timestamp[ms, tz=UTC]": dt.datetime}
+
+
+def _reading_copied(base: type[msgspec.Struct], tables: Sequence[str]) -> Any:
+    """``base`` plus every column ``tables`` copy from the contract that it lacks: a field
+    added to the contract's Structs is decoded (and projected) without touching ``base``."""
+    have = set(base.__struct_fields__)
+    extra = {c.name: _PY[str(c.arrow)] for t in tables for c in TABLES[t][1]
+             if c.name in COPIED[t] and c.name not in have}
+    return msgspec.defstruct(base.__name__, [(n, tp | None, None) for n, tp in extra.items()],
+                             bases=(base,))
+
+
+_LX = _reading_copied(_L, ("payment_events", "audit_reviews"))
+_OX = _reading_copied(_O, ("payment_outcomes", "rejections", "audit_flags"))
+_LDEC = msgspec.json.Decoder(list[_LX])  # type: ignore[valid-type]  # built at import
+_L1 = msgspec.json.Decoder(_LX)
+_ODEC = msgspec.json.Decoder(list[_OX])  # type: ignore[valid-type]  # built at import
+_O1 = msgspec.json.Decoder(_OX)
 _DDEC = msgspec.json.Decoder(_DL)
 _FDEC = msgspec.json.Decoder(FacilityFlagRaised)
 
@@ -188,6 +204,11 @@ _CLAIMS = frozenset({"ClaimSettled", "ClaimReversed"})
 _PAYMENTS = frozenset({"PaymentAccepted", "PaymentRejected"})
 _REJECTIONS = frozenset({"ClaimRejected", "EventRejected"})
 _ID_CHARS = rb"A-Za-z0-9._:-"
+
+
+def _copy(table: str, events: Sequence[Any]) -> dict[str, list[Any]]:
+    """The columns ``table`` copies from its events' contract fields, by name."""
+    return {c: [getattr(e, c) for e in events] for c in COPIED[table]}
 
 
 def _table(name: str, cols: dict[str, list[Any]]) -> pa.Table:
@@ -322,22 +343,11 @@ class Transform:
         if pay:
             es = [e for _, e in pay]
             tables["payment_events"] = _table("payment_events", {
-                **head(pay),
-                "visit_id": [e.visit_id for e in es],
-                "payment_id": [e.payment_id for e in es],
-                "method": [e.method for e in es],
-                "amount_fen": [e.amount_fen for e in es],
-                "bank": [e.bank for e in es],
-            })
+                **head(pay), **_copy("payment_events", es)})
         if rev:
             es = [e for _, e in rev]
             tables["audit_reviews"] = _table("audit_reviews", {
-                **head(rev),
-                "flag_id": [e.flag_id for e in es],
-                "outcome": [e.outcome for e in es],
-                "recovered_fen": [e.recovered_fen for e in es],
-                "reviewer": [e.reviewer for e in es],
-            })
+                **head(rev), **_copy("audit_reviews", es)})
         return tables
 
     # -------------------------------------------------------------------------- settlements
@@ -415,28 +425,16 @@ class Transform:
         if pays:
             os_ = [o for _, o in pays]
             tables["payment_outcomes"] = _table("payment_outcomes", {
-                **head(pays),
-                "payment_id": [o.payment_id for o in os_],
-                "method": [o.method for o in os_],
-                "amount_fen": [o.amount_fen for o in os_],
-                "outstanding_fen": [o.outstanding_fen for o in os_],
-                "reason": [o.reason for o in os_],
-            })
+                **head(pays), **_copy("payment_outcomes", os_)})
         if rejs:
             tables["rejections"] = _table("rejections", {
-                **head(rejs),
-                "reason": [o.reason for _, o in rejs],
+                **head(rejs), **_copy("rejections", [o for _, o in rejs]),
                 "detail": [self._scrub(o.detail, o.person_id) for _, o in rejs],
             })
         if flags:
             tables["audit_flags"] = _table("audit_flags", {
-                **head(flags),
-                "rule": [o.rule for _, o in flags],
-                "severity": [o.severity for _, o in flags],
-                "facility_id": [o.facility_id for _, o in flags],
+                **head(flags), **_copy("audit_flags", [o for _, o in flags]),
                 "detail": [self._scrub(o.detail, o.person_id) for _, o in flags],
-                "related_visit_id": [o.related_visit_id for _, o in flags],
-                "amount_fen": [o.amount_fen for _, o in flags],
             })
         return tables
 
@@ -468,14 +466,7 @@ class Transform:
                 self.undecodable += 1
         return _table("facility_flags", {
             "event_id": [f.event_id for _, f in rows],
-            "rule": [f.rule for _, f in rows],
-            "severity": [f.severity for _, f in rows],
-            "facility_id": [f.facility_id for _, f in rows],
-            "window_start": [f.window_start for _, f in rows],
-            "window_end": [f.window_end for _, f in rows],
-            "count": [f.count for _, f in rows],
-            "amount_fen": [f.amount_fen for _, f in rows],
-            "detail": [f.detail for _, f in rows],
+            **_copy("facility_flags", [f for _, f in rows]),
             "event_time": [r.timestamp for r, _ in rows],
             "src_partition": [r.partition for r, _ in rows],
             "src_offset": [r.offset for r, _ in rows],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -61,3 +62,35 @@ def test_an_identifier_survives_quotes() -> None:
     name = 'odd "table" name'
     con.execute(f"CREATE TABLE {sql_identifier(name)} AS SELECT 1 AS x")
     assert con.execute("SELECT table_name FROM duckdb_tables()").fetchall() == [(name,)]
+
+
+def test_the_copied_tables_have_their_structs_fields_as_columns(tmp_path: Path) -> None:
+    """A table that copies events' fields has, after its head, exactly the contract's fields
+    in the contract's order, in the DuckDB file too (only audit_flags' line_ids is left out)."""
+    from yibao.projections.schema import _HEAD_FIELDS, COPIED_FROM, contract_fields
+    from yibao.projections.store import Store
+
+    skipped = {"audit_flags": {"line_ids"}}
+    with Store(tmp_path / "p.duckdb") as s:
+        for table, types in COPIED_FROM.items():
+            fields = [f for f in contract_fields(*types)
+                      if f not in _HEAD_FIELDS and f not in skipped.get(table, set())]
+            described = [r[0] for r in s.con.execute(f'DESCRIBE "{table}"').fetchall()]
+            tail = [c for c in described if c not in (
+                "event_id", "caused_by", "type", "person_key", "event_time", "occurred_at",
+                "src_partition", "src_offset")]
+            assert tail == fields, table
+
+
+def test_a_field_added_to_the_contract_becomes_a_column() -> None:
+    import msgspec
+
+    from yibao.projections.schema import copied
+    from yibao.schemas.events import PaymentRejected
+
+    Wider = msgspec.defstruct("Wider", [("insurer_note", str | None, None)],
+                              bases=(PaymentRejected,), kw_only=True, frozen=True)
+    cols = copied((Wider,), {})
+    assert [c.name for c in cols] == ["visit_id", "payment_id", "reason", "insurer_note"]
+    with pytest.raises(KeyError, match="nonexistent"):
+        copied((PaymentRejected,), {"nonexistent": "a column the contract lacks"})
