@@ -3,7 +3,9 @@ replay through :mod:`yibao.projections.transform`) and views (everything derived
 DuckDB when queried, so a projection is a pure function of the log and never drifts).
 
 Column lists are data (:data:`TABLES`): the same spec builds the Arrow schema of each batch
-and the DuckDB DDL, so the two cannot disagree. ``yibao projection-schema`` prints the DDL
+and the DuckDB DDL, so the two cannot disagree. Where a table copies its events' fields, the
+columns come from the contract's Structs (:func:`copied`), so the contract and the tables
+cannot disagree either. ``yibao projection-schema`` prints the DDL
 (documentation included); docs/projections.md (Tables, Views) lists every table and view.
 
 Privacy: no table holds a person or household id. ``person_key`` / ``household_key`` /
