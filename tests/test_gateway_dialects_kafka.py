@@ -144,6 +144,7 @@ def test_the_fhir_example_claim_gives_the_example_claim_response(stack: Stack) -
     ClaimResponse.model_validate(expected)
     inpatient_household(stack, "p-001", "p-001-aid", "v-20250301-001")
     pre_claim = {**claim, "id": "v-20250301-001-pre", "use": "predetermination"}
+    Claim.model_validate(pre_claim)
     with stack.client("h1") as h1:
         pre = h1.post(SUBMIT, content=dumps(pre_claim))
         got = h1.post(SUBMIT, content=raw)
@@ -351,6 +352,46 @@ def test_national_outpatient_flow(stack: Stack) -> None:
 
 def test_national_inpatient_flow(stack: Stack) -> None:
     national_flow(stack, "P-NI1", "V-NI1", inpatient=True)
+
+
+def test_audit_flags_are_process_notes_and_national_audit_entries(stack: Stack) -> None:
+    """A visit whose bill is mostly class C (HIGH_SELF_PAY_SHARE) settled in each dialect:
+    the native twin's audit flags come back as FHIR processNote[] and as the national
+    output.audit, with the same amounts."""
+    lines = [item("1", "C", 80_000), item("2", "A", 20_000)]
+    for person in ("P-AF", "P-AN", "P-AT"):
+        register(stack, registered(person, f"H-{person}", balance=0))
+    for person in ("P-AF", "P-AT"):
+        publish(stack, opened(person, f"V-{person}"), charged(person, f"V-{person}", lines))
+    with stack.client("h1") as h1:
+        r = h1.post("/v1/settle", json=closed("P-AT", "V-P-AT"))
+        assert r.status_code == 200, r.text
+        native = r.json()["outputs"]
+        bundle = outpatient_bundle("P-AF", "V-P-AF", "claim-af", "1000.00")
+        Bundle.model_validate_json(dumps(bundle))
+        got = h1.post(SUBMIT, content=dumps(bundle))
+        fsi = [call(h1, envelope_of("2201", "P-AN-1", {"data": {
+                   "psn_no": "P-AN", "mdtrt_id": "V-AN", "begntime": "2025-03-01 10:00:00",
+                   "hosp_lv": 1, "med_type": "11"}, "diseinfo": [{"diag_code": "J18.9"}]})),
+               call(h1, envelope_of("2204", "P-AN-2", {"feedetail": [
+                   fee("V-AN", "P-AN", "1", "03", "800.00", 1),
+                   fee("V-AN", "P-AN", "2", "01", "200.00", 1)]})),
+               call(h1, envelope_of("2207", "P-AN-3", {"data": {
+                   "mdtrt_id": "V-AN", "psn_no": "P-AN", "medfee_sumamt": "1000.00"}}))]
+    assert [b["infcode"] for b in fsi] == [0, 0, 0], fsi
+    flags = [(o["severity"], o["rule"]) for o in native if o["type"] == "AuditFlagRaised"]
+    assert ("info", "HIGH_SELF_PAY_SHARE") in flags, native
+    assert got.status_code == 200, got.text
+    ClaimResponse.model_validate_json(got.content)
+    res = exact(got)
+    notes = res["processNote"]
+    assert [n["number"] for n in notes] == list(range(1, len(notes) + 1))
+    assert [tuple(n["text"].split(":", 1)[0].split(" ")) for n in notes] == flags
+    assert amounts_of_claim_response({**res, "item": []})["cash_due"] == (
+        native[0]["amounts"]["cash_due"])
+    output = fsi[2]["output"]
+    assert [(a["severity"], a["rule"]) for a in output["audit"]] == flags
+    assert setl_amounts(output["setlinfo"]) == native[0]["amounts"]
 
 
 def test_malformed_requests_get_clear_errors_and_publish_nothing(stack: Stack) -> None:

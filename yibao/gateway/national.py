@@ -68,12 +68,14 @@ SETLINFO = {"medfee_sumamt": "total", "fulamt_ownpay_amt": "self_pay_full",
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
-    """A translated ``callService`` message: the native command and event."""
+    """A translated ``callService`` message: the native command and event, and for 2208 /
+    2305 the ``setl_id`` it cancels (checked before anything is published)."""
 
     infno: str
     msgid: str
     command: Command
     event: dict[str, Any]
+    setl_id: str | None = None
 
 
 # ------------------------------------------------------------------------- request
@@ -117,7 +119,8 @@ def message_of(raw: bytes) -> Message:
              "ChargeReversed": charge_reversed, "PreSettlementRequested": settlement,
              "VisitClosed": settlement, "VisitRefunded": refund}[kind]
     event = {**head, **build(infno, env, inp)}
-    return Message(infno=infno, msgid=msgid, command=command, event=event)
+    setl_id = str(inp["data"]["setl_id"]) if command == "refund" else None
+    return Message(infno=infno, msgid=msgid, command=command, event=event, setl_id=setl_id)
 
 
 def visit_opened(infno: str, env: dict[str, Any], inp: Any) -> dict[str, Any]:
@@ -234,7 +237,7 @@ def check_setl_id(svc: Service, msg: Message) -> None:
     """2208 / 2305 must name the visit's current settlement (else nothing is published)."""
     if msg.command != "refund":
         return
-    named = msg.event["reason"].rsplit(" ", 1)[-1]
+    named = msg.setl_id
     visit = msg.event["visit_id"]
     current = current_setl_id(svc.index.outputs_of_visit(visit, ("ClaimSettled",
                                                                  "ClaimReversed")))
