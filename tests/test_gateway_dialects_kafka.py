@@ -335,6 +335,10 @@ def national_flow(stack: Stack, person: str, visit: str, inpatient: bool) -> Non
         wrong = call(h1, envelope_of(no["cancel"], m + "7", {"data": {
             "mdtrt_id": visit, "psn_no": person, "setl_id": m + "5/0"}}))
         assert wrong["infcode"] == -1 and info["setl_id"] in wrong["err_msg"]
+        foreign = call(h9, envelope_of(no["cancel"], m + "7x", {"data": {
+            "mdtrt_id": visit, "psn_no": person, "setl_id": m + "5/0"}}, facility="F-9"))
+        assert foreign["infcode"] == -1 and "not opened at your facilities" in foreign["err_msg"]
+        assert info["setl_id"] not in foreign["err_msg"]
         assert _count(stack.settings, "care") == care
         cancel = call(h1, envelope_of(no["cancel"], m + "8", {"data": {
             "mdtrt_id": visit, "psn_no": person, "setl_id": info["setl_id"]}}))

@@ -233,10 +233,15 @@ def current_setl_id(outputs: list[tuple[str, bytes]]) -> str | None:
     return settled[max(live)] if live else None
 
 
-def check_setl_id(svc: Service, msg: Message) -> None:
-    """2208 / 2305 must name the visit's current settlement (else nothing is published)."""
+async def check_setl_id(svc: Service, client: Client, msg: Message) -> None:
+    """2208 / 2305 must name the visit's current settlement (else nothing is published).
+    The caller's role and facility are checked first, like the native path does, so the
+    refusal never shows another facility's ``setl_id``."""
     if msg.command != "refund":
         return
+    event = svc.decode(msgspec.json.encode(msg.event))
+    svc.check_role(client, type(event).__name__)
+    await svc.check_facility(client, event)
     named = msg.setl_id
     visit = msg.event["visit_id"]
     current = current_setl_id(svc.index.outputs_of_visit(visit, ("ClaimSettled",
@@ -321,7 +326,7 @@ def add_national_routes(app: FastAPI, serve: Serve, svc: Service, settings: Sett
             msgs.append(msg)
             value = msgspec.json.encode(msg.event)
             request.state.body = value
-            check_setl_id(svc, msg)
+            await check_setl_id(svc, client, msg)
             timeout = _timeout(request, settings.gateway_timeout_s)
             return await svc.submit(client, msg.command, value, timeout)
 
