@@ -15,6 +15,7 @@ from yibao.rules.engine import Engine
 from yibao.rules.exceptions import CatalogError
 from yibao.rules.fold import Fold
 from yibao.rules.policy import load_policy
+from yibao.schemas.events import AuditFlagRaised
 
 DAY = "2025-05-{:02d}T{}+08:00"
 
@@ -295,3 +296,57 @@ def test_versions_and_region_overrides_apply_by_date_and_treatment_region() -> N
     v2026 = catalog.in_force(dt.date(2026, 6, 1), "500000")
     assert v2026 is not None and "LAB-HBA1C" not in v2026.entries
     assert load_catalog().versions[0].entries["SVC-ANES-MONITOR"].max_per_day == 24
+
+
+# ----------------------------------------------------------------------------- the state
+
+
+def test_old_claims_shrink_to_what_claim_after_death_needs() -> None:
+    """A claim more than 90 + late_checkout_days behind the person's newest settled service
+    date keeps only the CLAIM_AFTER_DEATH fields: a checkout lagging by at most that still
+    sees its whole history, one lagging more does not (the documented bound); deaths still
+    see every settled visit and a refund takes a past claim out too."""
+    from yibao.rules.audit import Thresholds
+
+    old = _visit("A", "OLD", kind="inpatient", opened=_at(1), closed=_at(5), facility="F2")
+    recent = _visit("A", "NEW", opened=_at(200), closed=_at(200, "11:00:00"), facility="F3")
+    # checked out after NEW, 15 days after OLD's discharge (its service date lags NEW's)
+    late = _visit("A", "LATE", kind="inpatient", opened=_at(20), closed=_at(22))
+
+    def fold_with(lag: int) -> Fold:
+        fold = Fold(Engine(load_policy(None), thresholds=Thresholds(late_checkout_days=lag)))
+        list(fold.run(json.dumps(e).encode() for e in [_person(), *old, *recent]))
+        return fold
+
+    def outputs(fold: Fold, events: list[dict[str, Any]]) -> list[Any]:
+        return [o for r in fold.run(json.dumps(e).encode() for e in events)
+                if isinstance(r, list) for o in r]
+
+    # OLD (service date day 5) is retired once 5 < 200 - 90 - lag, i.e. with a lag below 105
+    within, beyond = fold_with(105), fold_with(104)
+    assert [c.visit_id for c in within.state.persons["A"].claims] == ["OLD", "NEW"]
+    assert [c.visit_id for c in beyond.state.persons["A"].claims] == ["NEW"]
+    assert [(c.visit_id, c.facility_id, c.order) for c in
+            beyond.state.persons["A"].past_claims] == [("OLD", "F2", 1)]
+    assert [(o.rule, o.related_visit_id) for o in outputs(within, late)
+            if isinstance(o, AuditFlagRaised)] == [("SPLIT_ADMISSION", "OLD")]
+    assert [o.rule for o in outputs(beyond, late) if isinstance(o, AuditFlagRaised)] == []
+
+    death = {**envelope("PersonDeceased", "A", _at(300), date_of_death="2025-04-01"),
+             "event_id": "dead"}
+    refund = envelope("VisitRefunded", "A", _at(300), visit_id="OLD", reason="test")
+    fold = fold_with(0)
+    person = fold.state.persons["A"]
+    # the live processor keeps a household as msgpack of dict[person_id, Person]
+    import msgspec
+
+    from yibao.rules.state import Person
+    raw = msgspec.msgpack.encode(fold.state.persons)
+    assert msgspec.msgpack.Decoder(dict[str, Person]).decode(raw) == fold.state.persons
+    payout = {c.visit_id: c.payout for c in [*person.claims, *person.past_claims]}
+    after = outputs(fold, [death, refund, {**death, "event_id": "dead2"}])
+    assert [(o.event_id, o.visit_id, o.amount_fen) for o in after
+            if getattr(o, "rule", None) == "CLAIM_AFTER_DEATH"] == [
+        ("dead/0", "OLD", payout["OLD"]), ("dead/1", "NEW", payout["NEW"]),
+        ("dead2/0", "NEW", payout["NEW"])]
+    assert fold.state.persons["A"].past_claims == []

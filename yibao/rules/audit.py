@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from yibao.rules.catalog import CatalogEntry, CatalogVersion
-from yibao.rules.state import Claim
+from yibao.rules.state import Claim, PastClaim
 from yibao.schemas.events import ClaimSettled
 
 
@@ -42,6 +42,10 @@ class Thresholds:
     large_outpatient_fen: int = 500_000
     #: HIGH_SELF_PAY_SHARE: class C share (basis points) above which cost may be shifted
     self_pay_share_bp: int = 5000
+    #: not a rule: how far a checkout's service date may lag the person's newest settled one
+    #: and still see its whole history; claims older than that are kept for
+    #: CLAIM_AFTER_DEATH only (:func:`history_kept_from`)
+    late_checkout_days: int = 366
 
 
 DEFAULTS = Thresholds()
@@ -197,6 +201,15 @@ def history_of(claims: Iterable[Claim], v: Checkout, t: Thresholds = DEFAULTS) -
     return [c for c in claims if c.service_date >= start and c.visit_id != v.visit_id]
 
 
+def history_kept_from(claims: Iterable[Claim], d: dt.date, t: Thresholds = DEFAULTS) -> int:
+    """The oldest service date (ordinal) a person's history may still need after a checkout
+    on ``d``. audit.md bounds the history below only by each checkout's own ``d`` and
+    checkouts may arrive late, so the bound trails the newest service date by the history
+    and a year's lateness: the person keeps full records of recent claims only."""
+    newest = max((c.service_date for c in claims), default=d.toordinal())
+    return max(newest, d.toordinal()) - t.history_days - t.late_checkout_days
+
+
 def split_admission(v: Checkout, history: Sequence[Claim], payout: int,
                     t: Thresholds = DEFAULTS) -> list[Finding]:
     """分解住院: readmitted within 15 days of a discharge with the same dx3."""
@@ -337,9 +350,10 @@ def claim_rules(s: ClaimSettled, filed: bool, oop: int, t: Thresholds = DEFAULTS
     return out
 
 
-def claim_after_death(claims: Iterable[Claim], date_of_death: dt.date) -> list[Claim]:
-    """Pay and chase: the settled visits (any age) opened after the date of death, in the
-    order their current settlements were made."""
+def claim_after_death(claims: Iterable[Claim | PastClaim], date_of_death: dt.date
+                      ) -> list[Claim | PastClaim]:
+    """Pay and chase: the settled visits (any age: recent claims and past ones) opened
+    after the date of death, in the order their current settlements were made."""
     death = date_of_death.toordinal()
     return sorted((c for c in claims if c.opened_date > death), key=lambda c: c.order)
 

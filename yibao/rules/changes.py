@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from yibao.clock import local_date
-from yibao.rules.state import Claim, Person, Settlement, State, Visit
+from yibao.rules.state import Claim, PastClaim, Person, Settlement, State, Visit
 from yibao.schemas import events as ev
 
 
@@ -113,6 +113,8 @@ class Settled:
     visit_id: str
     settlement: Settlement
     claim: Claim
+    #: claims with an older service date leave the history for good: kept as ``PastClaim``
+    keep_from: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +181,13 @@ def apply_change(state: State, change: Change) -> None:
             for line_id in ids:
                 del visit.lines[line_id]
                 visit.codes.pop(line_id, None)
-        case Settled(person_id=pid, visit_id=vid, settlement=s, claim=claim):
+        case Settled(person_id=pid, visit_id=vid, settlement=s, claim=claim, keep_from=keep):
             _settle(state, pid, vid, s)
             p = state.persons[pid]
             p.settlements_made = claim.order
             p.claims.append(claim)
+            if any(c.service_date < keep for c in p.claims):
+                _retire_claims(p, keep)
         case Reversed(person_id=pid, visit_id=vid):
             _reverse(state, pid, vid)
         case Paid(person_id=pid, visit_id=vid, amount_fen=amount, bank=bank):
@@ -232,6 +236,22 @@ def _reverse(state: State, pid: str, vid: str) -> None:
     visit.current = None
     visit.unpack()
     p.claims = [c for c in p.claims if c.visit_id != vid]
+    if p.past_claims:
+        p.past_claims = [c for c in p.past_claims if c.visit_id != vid]
+
+
+def _retire_claims(p: Person, keep_from: int) -> None:
+    """Claims whose service date is before ``keep_from`` shrink to what CLAIM_AFTER_DEATH
+    needs: memory per person then grows with their recent visits, not with their past."""
+    kept: list[Claim] = []
+    for c in p.claims:
+        if c.service_date < keep_from:
+            p.past_claims.append(PastClaim(order=c.order, visit_id=c.visit_id,
+                                           facility_id=c.facility_id,
+                                           opened_date=c.opened_date, payout=c.payout))
+        else:
+            kept.append(c)
+    p.claims = kept
 
 
 def _pay(state: State, pid: str, vid: str, amount: int, bank: str | None) -> None:

@@ -171,7 +171,8 @@ class Engine:
                 detail=f"visit opened {dt.date.fromordinal(c.opened_date)} after the date of "
                 f"death {e.date_of_death}", line_ids=[], related_visit_id=None,
                 amount_fen=c.payout)
-            for i, c in enumerate(audit.claim_after_death(p.claims, e.date_of_death))]
+            for i, c in enumerate(audit.claim_after_death([*p.past_claims, *p.claims],
+                                                          e.date_of_death))]
         return Decision(list(flags), [ch.Died(e.person_id, e.date_of_death)])
 
     def _registered(self, state: State, e: ev.PersonRegistered) -> Decision:
@@ -566,7 +567,8 @@ class Engine:
             opened_date=visit.opened_date.toordinal(), service_date=d.toordinal(), dx3=v.dx3,
             codes=tuple(dict.fromkeys(ln.code for ln in v.lines if ln.code in freq_codes)),
             payout=payout)
-        return Decision(outputs, [ch.Settled(e.person_id, e.visit_id, record, claim)])
+        keep_from = audit.history_kept_from(p.claims, d, self.thresholds)
+        return Decision(outputs, [ch.Settled(e.person_id, e.visit_id, record, claim, keep_from)])
 
 
 #: The state change of each enrollment event that needs nothing but a registered person.

@@ -102,6 +102,17 @@ class Claim:
     payout: int  # basic_fund + major_illness + assistance
 
 
+class PastClaim(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
+    """A settled visit too old for any history window (see :class:`Claim`): only what
+    ``CLAIM_AFTER_DEATH`` reads, so a person's past costs a few bytes per visit."""
+
+    order: int
+    visit_id: str
+    facility_id: str
+    opened_date: int  # local date, ordinal
+    payout: int
+
+
 @dataclass(slots=True)
 class Person:
     person_id: str
@@ -118,6 +129,8 @@ class Person:
     visits: dict[str, Visit] = field(default_factory=dict)
     accumulators: dict[int, dict[str, int]] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)  # current settlements, in order made
+    #: current settlements no history can reach any more (``Settled.keep_from``)
+    past_claims: list[PastClaim] = field(default_factory=list)
     settlements_made: int = 0
 
     def acc(self, year: int) -> dict[str, int]:
