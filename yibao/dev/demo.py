@@ -3,11 +3,11 @@
 A generated month for N households is published to the input topics (progress bar); the
 worker (sequencer + settlement processor, exactly-once) settles it; the projector projects
 ledger, settlements and dead letters into DuckDB (progress bar, from the snapshots it
-publishes); then the fund summary and a clearing report print and a chart of daily fund
-payouts by fund is written as HTML (inline SVG). Then the HTTP gateway starts and a few
-hundred visits go through it as a hospital's system would send them (open, charges,
-pre-settle, settle), with their latencies. Every run uses fresh topics (``demo-<time>-``)
-and a fresh projection file, ``var/demo/yibao.duckdb``.
+publishes). Then the HTTP gateway starts and a few hundred visits go through it as a
+hospital's system would send them (open, charges, pre-settle, settle), with their latencies.
+Last, the fund summary and a clearing report print, and a chart of daily fund payouts by
+fund and the region's fund audit report are written as HTML (Plotly). Every run uses fresh
+topics (``demo-<time>-``) and a fresh projection file, ``var/demo/yibao.duckdb``.
 """
 
 from __future__ import annotations
@@ -179,6 +179,7 @@ def demo(settings: Settings, households: int, month: str, seed: int, workdir: Pa
     import duckdb
 
     from yibao.dev.generate import GenerateConfig, generate_to_path
+    from yibao.projections.audit_report import write_audit_report
     from yibao.projections.reports import clearing_query, funds_query, write_chart
     from yibao.projections.store import snapshot_path
     from yibao.streams.publish import publish_file
@@ -246,8 +247,14 @@ def demo(settings: Settings, households: int, month: str, seed: int, workdir: Pa
         click.echo(f"Cross-region clearing, region {region}, {month}:")
         click.echo(str(con.sql(clearing_query(region, month))))
         chart = write_chart(con, workdir / "daily-fund-payouts.html")
+        audit = write_audit_report(con, workdir, region, month)
+        flags = con.sql("SELECT rule, count(*), sum(amount_fen) FROM audit_flags "
+                        "GROUP BY ALL ORDER BY 2 DESC").fetchall()
     finally:
         con.close()
+    click.echo("Audit flags by rule (count, money at risk in fen): "
+               + ", ".join(f"{rule} {n} ({amount})" for rule, n, amount in flags))
     click.echo(f"chart of daily fund payouts by fund: {chart}")
+    click.echo(f"fund audit report of region {region}, {month}: {audit}")
     click.echo(f"query it: .venv/bin/yibao sql \"SELECT * FROM fund_ledger LIMIT 10\" --db {db}\n"
                f"      or: duckdb -readonly {db}")

@@ -91,7 +91,7 @@ class Service:
         """Connect in the background: the gateway serves (503) while the broker is away."""
         self._starting = asyncio.create_task(self._connect(), name="gateway-connect")
 
-    async def _connect(self) -> None:
+    async def _connect(self, follower: bool = True) -> None:
         delay = 0.5
         while True:
             producer = AIOKafkaProducer(**client_options(self.settings), acks="all",
@@ -101,7 +101,8 @@ class Service:
                 await producer.start()
                 for short in INPUTS:
                     await producer.partitions_for(self.topics.name(short))
-                await self.follower.start(producer.partitions_for)
+                if follower:
+                    await self.follower.start(producer.partitions_for)
             except (KafkaError, OSError, LookupError) as exc:
                 with contextlib.suppress(Exception):
                     await producer.stop()
@@ -112,6 +113,24 @@ class Service:
             self.producer = producer
             log.info("gateway.connected", bootstrap=self.settings.bootstrap_servers)
             return
+
+    def _replace_producer(self, error: BaseException) -> None:
+        """A send the producer gave up on (after its own retries; an idempotent producer can
+        also be left in a fatal state by a broker restart, and then refuses every later
+        send at once): drop it and connect a new one in the background; requests answer
+        503 meanwhile."""
+        old, self.producer = self.producer, None
+        log.warning("gateway.producer_replaced", error=repr(error))
+        if self._starting is not None and not self._starting.done():
+            return
+
+        async def replace() -> None:
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.stop()
+            await self._connect(follower=False)
+
+        self._starting = asyncio.create_task(replace(), name="gateway-reconnect")
 
     async def stop(self) -> None:
         if self._starting is not None:
@@ -222,7 +241,11 @@ class Service:
                 self.topics.input_for_type(kind), value, key=event.person_id.encode(),
                 headers=order_headers(self._publisher, seq)), self.publish_timeout)
             await asyncio.wait_for(fut, self.publish_timeout)
-        except (KafkaError, TimeoutError) as exc:
+        except KafkaError as exc:  # the producer has retried what it could already
+            self._replace_producer(exc)
+            raise Unavailable(f"the broker did not take the event ({type(exc).__name__}); "
+                              "retry with the same event_id") from None
+        except TimeoutError as exc:
             raise Unavailable(f"the broker did not take the event ({type(exc).__name__}); "
                               "retry with the same event_id") from None
         visit_id = getattr(event, "visit_id", None)
