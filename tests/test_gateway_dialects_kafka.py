@@ -186,7 +186,20 @@ def test_the_fhir_example_claim_gives_the_example_claim_response(stack: Stack) -
     assert amounts_of_claim_response({**reversed_, "item": []})["basic_fund"] == -97_750
 
 
-def outpatient_bundle(person: str, visit: str, claim_id: str, total: str) -> dict[str, Any]:
+def claim_item(seq: int, cls: str, net: str, cap: str | None = None) -> dict[str, Any]:
+    """A ``Claim.item`` with the catalog class (and cap) extensions the answer adjudicates."""
+    ext = [{"url": "https://yibao.example/fhir/StructureDefinition/catalog-class",
+            "valueCode": cls}]
+    if cap is not None:
+        ext.append({"url": "https://yibao.example/fhir/StructureDefinition/line-cap",
+                    "valueMoney": {"value": Decimal(cap), "currency": "CNY"}})
+    return {"sequence": seq, "extension": ext,
+            "productOrService": {"coding": [{"code": f"X{seq}"}]},
+            "net": {"value": Decimal(net), "currency": "CNY"}}
+
+
+def outpatient_bundle(person: str, visit: str, claim_id: str, total: str,
+                      items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     money = {"value": Decimal(total), "currency": "CNY"}
     claim = {
         "resourceType": "Claim", "id": claim_id,
@@ -202,12 +215,13 @@ def outpatient_bundle(person: str, visit: str, claim_id: str, total: str) -> dic
         "priority": {"coding": [{"code": "normal"}]},
         "insurance": [{"sequence": 1, "focal": True,
                        "coverage": {"reference": "urn:uuid:cov-1"}}],
-        "total": money}
+        "total": money, **({"item": items} if items else {})}
     return {"resourceType": "Bundle", "type": "collection", "entry": [
         {"fullUrl": "urn:uuid:claim-1", "resource": claim},
         {"fullUrl": "urn:uuid:patient-1", "resource": {
             "resourceType": "Patient", "id": "pat-1",
-            "identifier": [{"system": "https://yibao.example/fhir/sid/psn-no",
+            "identifier": [{"system": "urn:oid:2.16.156.10011.1.1", "value": "ID-CARD-1"},
+                           {"system": "https://yibao.example/fhir/sid/psn-no",
                             "value": person}]}},
         {"fullUrl": "urn:uuid:cov-1", "resource": {
             "resourceType": "Coverage", "id": "cov-1", "status": "active",
@@ -226,7 +240,8 @@ def test_a_fhir_bundle_settles_an_outpatient_visit_like_the_native_api(stack: St
         register(stack, registered(person, f"H-{person}", retired=True, balance=0))
         publish(stack, opened(person, f"V-{person}"), charged(person, f"V-{person}", lines))
     short = outpatient_bundle("P-FO1", "V-P-FO1", "claim-fo1-short", "700.00")
-    full = outpatient_bundle("P-FO1", "V-P-FO1", "claim-fo1", "800.00")
+    full = outpatient_bundle("P-FO1", "V-P-FO1", "claim-fo1", "800.00",
+                             [claim_item(1, "A", "500.00"), claim_item(2, "B", "300.00", "200.00")])
     for b in (short, full):
         Bundle.model_validate_json(dumps(b))
     with stack.client("h1") as h1:
@@ -242,9 +257,8 @@ def test_a_fhir_bundle_settles_an_outpatient_visit_like_the_native_api(stack: St
     res = exact(got)
     native = native_settle(stack, "P-FO1T", "V-P-FO1T", "2025-03-02T10:00:00+08:00")
     assert res["outcome"] == "complete"
-    assert {**amounts_of_claim_response(res), "over_cap": native["amounts"]["over_cap"],
-            "first_self_pay": native["amounts"]["first_self_pay"],
-            "self_pay_full": native["amounts"]["self_pay_full"]} == native["amounts"]
+    assert amounts_of_claim_response(res) == native["amounts"]
+    assert [it["itemSequence"] for it in res["item"]] == [1, 2]
     a = native["amounts"]
     assert fen(res["payment"]["amount"]["value"]) == (
         a["basic_fund"] + a["major_illness"] + a["assistance"] + a["personal_account"]
@@ -376,7 +390,10 @@ def test_audit_flags_are_process_notes_and_national_audit_entries(stack: Stack) 
         r = h1.post("/v1/settle", json=closed("P-AT", "V-P-AT"))
         assert r.status_code == 200, r.text
         native = r.json()["outputs"]
-        bundle = outpatient_bundle("P-AF", "V-P-AF", "claim-af", "1000.00")
+        # the Claim calls the class C line class A: its per-item split would contradict the
+        # settlement's eligible, so the answer has no item[]
+        bundle = outpatient_bundle("P-AF", "V-P-AF", "claim-af", "1000.00",
+                                   [claim_item(1, "A", "800.00"), claim_item(2, "A", "200.00")])
         Bundle.model_validate_json(dumps(bundle))
         got = h1.post(SUBMIT, content=dumps(bundle))
         fsi = [call(h1, envelope_of("2201", "P-AN-1", {"data": {
@@ -393,6 +410,7 @@ def test_audit_flags_are_process_notes_and_national_audit_entries(stack: Stack) 
     assert got.status_code == 200, got.text
     ClaimResponse.model_validate_json(got.content)
     res = exact(got)
+    assert "item" not in res
     notes = res["processNote"]
     assert [n["number"] for n in notes] == list(range(1, len(notes) + 1))
     assert [tuple(n["text"].split(":", 1)[0].split(" ")) for n in notes] == flags

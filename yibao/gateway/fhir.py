@@ -30,6 +30,7 @@ from yibao.gateway.money import fen_of_yuan, yuan_of_fen
 from yibao.gateway.service import Answer, Command, Service
 from yibao.rules.steps import split_lines
 from yibao.schemas.events import (
+    Amounts,
     AuditFlagRaised,
     ClaimPreviewed,
     ClaimRejected,
@@ -47,6 +48,7 @@ CARIN = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBAdjudication"
 FUND_PAY_TYPE = "https://yibao.example/fhir/CodeSystem/nhsa-fund-pay-type"
 REJECTION = "https://yibao.example/fhir/CodeSystem/rejection-reason"
 SETL_ID = "https://yibao.example/fhir/sid/setl-id"
+PSN_NO = "https://yibao.example/fhir/sid/psn-no"
 EXT = "https://yibao.example/fhir/StructureDefinition/"
 ISSUE_TYPE = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
               409: "conflict", 413: "too-costly", 422: "invalid", 503: "transient"}
@@ -128,8 +130,9 @@ def claim_and_patient(doc: Any) -> tuple[dict[str, Any], str]:
 
 
 def person_of(claim: dict[str, Any], resources: dict[str, dict[str, Any]]) -> str:
-    """``Claim.patient``: the ``Patient``'s first identifier when the Bundle holds it, else the
-    id in ``Patient/<id>``."""
+    """``Claim.patient``: when the Bundle holds the ``Patient``, its identifier of system
+    ``PSN_NO`` (a HIS often lists the ID card or the hospital's own number too), else its
+    first identifier, else its id; alone, the id in ``Patient/<id>``."""
     patient = claim.get("patient")
     ref = patient.get("reference") if isinstance(patient, dict) else None
     if not isinstance(ref, str) or not ref:
@@ -137,10 +140,9 @@ def person_of(claim: dict[str, Any], resources: dict[str, dict[str, Any]]) -> st
                       path="Claim.patient")
     res = resources.get(ref)
     if res is not None:
-        for ident in res.get("identifier") or []:
-            if isinstance(ident, dict) and ident.get("value"):
-                return str(ident["value"])
-        return str(res.get("id"))
+        idents = [i for i in res.get("identifier") or [] if isinstance(i, dict) and i.get("value")]
+        ident = next((i for i in idents if i.get("system") == PSN_NO), idents[0] if idents else None)
+        return str(ident["value"]) if ident is not None else str(res.get("id"))
     if not ref.startswith("Patient/") or len(ref) == len("Patient/"):
         raise Invalid(f"Claim.patient.reference must be Patient/<id>, not {ref!r}",
                       path="Claim.patient.reference")
@@ -291,9 +293,23 @@ def split_of(claim: dict[str, Any], settled: ClaimSettled | ClaimPreviewed | Cla
     }
     if not isinstance(settled, ClaimReversed):
         items = item_adjudications(claim, settled)
-        if items:
+        if items and reconciles(items, a):
             body["item"] = items
     return body
+
+
+def reconciles(items: list[dict[str, Any]], amounts: Amounts) -> bool:
+    """The per-item split is computed from the classes and caps the ``Claim`` declares, so it
+    is shown only when it adds up to the settlement's own ``total`` and ``eligible``: a
+    ``Claim`` that mislabels a line gets no ``item[]`` rather than a split that contradicts
+    the totals."""
+    sums = {"submitted": 0, "eligible": 0}
+    for it in items:
+        for adj in it["adjudication"]:
+            code = adj["category"]["coding"][0]["code"]
+            if code in sums:
+                sums[code] += fen_of_yuan(adj["amount"]["value"], "item")
+    return sums == {"submitted": amounts.total, "eligible": amounts.eligible}
 
 
 def claim_response(sub: Submission, answer: Answer) -> dict[str, Any]:
