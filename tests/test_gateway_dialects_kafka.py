@@ -188,8 +188,8 @@ def test_the_fhir_example_claim_gives_the_example_claim_response(stack: Stack) -
 
 def claim_item(seq: int, cls: str, net: str, cap: str | None = None) -> dict[str, Any]:
     """A ``Claim.item`` with the catalog class (and cap) extensions the answer adjudicates."""
-    ext = [{"url": "https://yibao.example/fhir/StructureDefinition/catalog-class",
-            "valueCode": cls}]
+    ext: list[dict[str, Any]] = [{
+        "url": "https://yibao.example/fhir/StructureDefinition/catalog-class", "valueCode": cls}]
     if cap is not None:
         ext.append({"url": "https://yibao.example/fhir/StructureDefinition/line-cap",
                     "valueMoney": {"value": Decimal(cap), "currency": "CNY"}})
@@ -311,12 +311,12 @@ def national_flow(stack: Stack, person: str, visit: str, inpatient: bool) -> Non
             charged(twin, f"V-{twin}", [item("1", amount=200_000, quantity=2),
                                         item("2", "B", 50_000, cap=40_000)]))
     native = native_settle(stack, twin, f"V-{twin}", "2025-03-02T10:00:00+08:00")
-    opening = {"psn_no": person, "mdtrt_id": visit, "begntime": "2025-03-01 10:00:00",
-               "hosp_lv": level}
-    open_input = ({"mdtrtinfo": {**opening, "med_type": "21"},
-                   "diseinfo": [{"diag_code": "J18.9"}]} if inpatient
-                  else {"data": {**opening, "med_type": "11"},
-                        "diseinfo": [{"diag_code": "J18.9"}]})
+    opening: dict[str, Any] = {"psn_no": person, "mdtrt_id": visit,
+                               "begntime": "2025-03-01 10:00:00", "hosp_lv": level}
+    open_input: dict[str, Any] = (
+        {"mdtrtinfo": {**opening, "med_type": "21"}, "diseinfo": [{"diag_code": "J18.9"}]}
+        if inpatient else
+        {"data": {**opening, "med_type": "11"}, "diseinfo": [{"diag_code": "J18.9"}]})
     lines = [fee(visit, person, "1", "01", "1000.00", 2), fee(visit, person, "2", "02", "500.00", 1,
                                                                cap="400.00"),
              fee(visit, person, "3", "03", "12.34", 1)]
