@@ -343,7 +343,8 @@ def test_old_claims_shrink_to_what_claim_after_death_needs() -> None:
     from yibao.rules.state import Person
     raw = msgspec.msgpack.encode(fold.state.persons)
     assert msgspec.msgpack.Decoder(dict[str, Person]).decode(raw) == fold.state.persons
-    payout = {c.visit_id: c.payout for c in [*person.claims, *person.past_claims]}
+    payout = {c.visit_id: c.payout for c in person.claims}
+    payout.update((c.visit_id, c.payout) for c in person.past_claims)
     after = outputs(fold, [death, refund, {**death, "event_id": "dead2"}])
     assert [(o.event_id, o.visit_id, o.amount_fen) for o in after
             if getattr(o, "rule", None) == "CLAIM_AFTER_DEATH"] == [
