@@ -31,9 +31,8 @@ from yibao.rules.facility_audit import FacilityWindows
 from yibao.schemas.codec import Codec
 from yibao.schemas.events import ClaimReversed, ClaimSettled
 from yibao.streams.kafka.changelog import decode_position, read_changelog
-from yibao.streams.kafka.clients import SingletonAssignor, StageConfig, make_producer, stop_later
-from yibao.streams.kafka.outbox import Outbox
-from yibao.streams.runtime import TxnStage, log
+from yibao.streams.kafka.clients import SingletonAssignor, StageConfig, stop_later
+from yibao.streams.runtime import SingletonStage, log
 from yibao.streams.topics import Topics
 
 #: Changelog keys: the marks (one record), and one record per facility (this prefix, then
@@ -50,7 +49,7 @@ def key_partition(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-class FacilityAudit(TxnStage):
+class FacilityAudit(SingletonStage):
     name = "audit"
 
     def __init__(self, cfg: StageConfig, topics: Topics) -> None:
@@ -59,24 +58,8 @@ class FacilityAudit(TxnStage):
         self.codec = Codec()
         self.core = FacilityWindows(1)
         self.changelog = topics.changelog("audit", "facilities")
-        self.outbox = Outbox(self.producer)
         self.assigned: set[TopicPartition] = set()
-        self.active = False
-        self.took_over = 0
         self.flags = 0
-
-    async def start_producer(self) -> None:
-        """Not before the input is assigned: see :meth:`take_over`."""
-
-    async def take_over(self) -> None:
-        """Start a producer with the id every worker's audit stage shares: it fences the
-        previous owner (a zombie commits nothing more), as the sequencer does."""
-        if self.took_over:  # a stopped producer cannot start again
-            self.producer = make_producer(self.cfg)
-            self.outbox.producer = self.producer
-        self.took_over += 1
-        await self.producer.start()
-        self.active = True
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         new = assigned - self.assigned
@@ -121,9 +104,7 @@ class FacilityAudit(TxnStage):
         return {"flags": self.flags, "facilities": len(self.core.facilities)}
 
     async def step(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        positions, unseen = self.positions, self.unseen
-        batch = {tp: fresh for tp, rs in batch.items() if tp in self.assigned
-                 and (fresh := unseen(rs, positions.get(tp, 0)))}
+        batch = self.fresh(batch, self.assigned)
         if not batch:
             return
         await self.producer.begin_transaction()

@@ -258,9 +258,7 @@ class Processor(TxnStage):
                 "fused_at_stop": len(self.fused)}
 
     async def step(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        positions, unseen = self.positions, self.unseen
-        batch = {tp: fresh for tp, rs in batch.items() if tp in self.assigned
-                 and (fresh := unseen(rs, positions.get(tp, 0)))}
+        batch = self.fresh(batch, self.assigned)
         if not batch:
             return
         await self.producer.begin_transaction()

@@ -164,6 +164,13 @@ class TxnStage:
         except Exception as e:  # monitoring only: a rebalance may refuse it
             log.debug(f"{self.name}.group_commit_failed", error=repr(e))
 
+    def fresh(self, batch: Mapping[TopicPartition, list[Any]], assigned: set[TopicPartition]
+              ) -> dict[TopicPartition, list[Any]]:
+        """The records of ``batch`` on ``assigned`` partitions not processed yet."""
+        positions, unseen = self.positions, self.unseen
+        return {tp: fresh for tp, rs in batch.items() if tp in assigned
+                and (fresh := unseen(rs, positions.get(tp, 0)))}
+
     @staticmethod
     def unseen(records: list[Any], position: int) -> list[Any]:
         """``records`` from ``position`` on. aiokafka can deliver a partition's first records
@@ -248,6 +255,35 @@ class TxnStage:
 
     def close(self) -> None:
         """Release local resources (state stores) once the loop has stopped."""
+
+
+class SingletonStage(TxnStage):
+    """A stage one worker runs at a time, whatever the number of workers (the sequencer,
+    the tier-B audit): every worker's instance shares one transactional id, and the one
+    that gets the inputs starts its producer then (:meth:`take_over`), which fences the
+    previous owner wherever it runs and aborts its open transaction."""
+
+    def __init__(self, cfg: StageConfig, topics: list[str], assignor: Any) -> None:
+        super().__init__(cfg, topics, assignor)
+        self.outbox = Outbox(self.producer)
+        self.active = False  # holds the inputs, with a started producer (take_over)
+        self.took_over = 0
+
+    async def start_producer(self) -> None:
+        """Not before the inputs are assigned: see :meth:`take_over`."""
+
+    async def take_over(self) -> None:
+        """Start a producer with the id every worker's instance shares: its initialisation
+        fences the previous owner, so a worker that lost the inputs without knowing
+        (paused past its session timeout: a zombie) commits nothing more, not even the
+        batch it was in the middle of (Kafka Streams' first exactly-once design fences
+        the same way, a transactional id per task)."""
+        if self.took_over:  # a stopped producer cannot start again
+            self.producer = make_producer(self.cfg)
+            self.outbox.producer = self.producer
+        self.took_over += 1
+        await self.producer.start()
+        self.active = True
 
 
 def percentiles(xs: Iterable[float]) -> dict[str, float]:

@@ -45,11 +45,10 @@ from yibao.streams.cores import (
 )
 from yibao.streams.fused import FusedLedger
 from yibao.streams.kafka.changelog import decode_position, read_changelog
-from yibao.streams.kafka.clients import SingletonAssignor, StageConfig, make_producer, stop_later
-from yibao.streams.kafka.outbox import Outbox
+from yibao.streams.kafka.clients import SingletonAssignor, StageConfig, stop_later
 from yibao.streams.merge import TP, Record, TimestampMerge
 from yibao.streams.publish import order_of
-from yibao.streams.runtime import TxnStage, log, percentiles
+from yibao.streams.runtime import SingletonStage, log, percentiles
 from yibao.streams.topics import Topics
 
 ORIGIN_HEADER = "yibao-origin"
@@ -57,7 +56,7 @@ ORIGIN_HEADER = "yibao-origin"
 LOG_APPEND_TIME = 1
 
 
-class Sequencer(TxnStage):
+class Sequencer(SingletonStage):
     name = "sequencer"
 
     def __init__(self, cfg: StageConfig, topics: Topics, *, max_wait: float = 0.0,
@@ -72,12 +71,9 @@ class Sequencer(TxnStage):
         self._create_time_seen: set[str] = set()  # see record_time()
         self.next_offset: dict[TopicPartition, int] = {}
         self.assigned: set[TopicPartition] = set()
-        self.outbox = Outbox(self.producer)
         # how long released records sat in the merge (s): the cost of the merge wait
         self.held_times: deque[float] = deque(maxlen=100_000)
         self.processor: FusedLedger | None = None  # see attach()
-        self.active = False  # holds the inputs, with a started producer (take_over)
-        self.took_over = 0
         # Per ledger partition this stage has written since it got the inputs, the offset
         # after its last record (from the broker's acknowledgement).
         self.ledger_end: dict[int, int] = {}
@@ -88,23 +84,6 @@ class Sequencer(TxnStage):
             COUNTS_STORE: topics.changelog("sequencer", "counts"),
             STASH_STORE: topics.changelog("sequencer", "stash"),
         }
-
-    async def start_producer(self) -> None:
-        """Not before the inputs are assigned: see :meth:`take_over`."""
-
-    async def take_over(self) -> None:
-        """Start a producer with the transactional id every worker's sequencer shares (one
-        is active at a time): its initialisation fences the previous sequencer, wherever it
-        runs, and aborts its open transaction, before the state is restored. A worker that
-        lost the inputs without knowing (paused past its session timeout: a zombie) can
-        then commit nothing more, not even the batch it was in the middle of. Kafka Streams'
-        first exactly-once design fences the same way (a transactional id per task)."""
-        if self.took_over:  # a stopped producer cannot start again
-            self.producer = make_producer(self.cfg)
-            self.outbox.producer = self.producer
-        self.took_over += 1
-        await self.producer.start()
-        self.active = True
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         new = assigned - self.assigned
