@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import gc
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +20,12 @@ from typing import IO
 import click
 import msgspec
 
+from yibao.cli.exceptions import ShardError
+from yibao.cli.shards import MIN_LINES_PER_JOB, default_jobs, route, settle_sharded
 from yibao.rules.dedup import DedupWindow
 from yibao.rules.engine import Engine
 from yibao.rules.exceptions import PolicyError
-from yibao.rules.fold import DeadLetter, Fold
+from yibao.rules.fold import Counts, DeadLetter, Fold
 from yibao.rules.policy import load_policy
 from yibao.settings import setting_option
 
@@ -61,8 +66,17 @@ def dead_letter_record(dl: DeadLetter) -> dict[str, object]:
     help="Write malformed lines here as JSONL (line, error, raw).",
 )
 @setting_option("--dedup-window-days", setting="dedup_window_days", type=click.IntRange(min=1))
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=0, max=255),
+    default=0,
+    show_default=True,
+    help="Processes folding households in parallel (0 = the cores this process may use). "
+    "The output is the same for any number.",
+)
 def settle(
-    events: str, policy_path: str | None, deadletter: str | None, dedup_window_days: int
+    events: str, policy_path: str | None, deadletter: str | None, dedup_window_days: int,
+    jobs: int,
 ) -> None:
     """Fold an EVENTS.jsonl log in order and write the output events to stdout as JSONL.
 
@@ -75,18 +89,66 @@ def settle(
         policy = load_policy(policy_path)
     except PolicyError as exc:
         raise click.UsageError(str(exc)) from None
-    fold = Fold(Engine(policy), dedup=DedupWindow.of(dt.timedelta(days=dedup_window_days)))
-    encoder = msgspec.json.Encoder()
+    window = dt.timedelta(days=dedup_window_days)
+
+    def make_fold() -> Fold:
+        return Fold(Engine(policy), dedup=DedupWindow.of(window))
+
+    jobs = jobs or default_jobs()
     out = sys.stdout.buffer
-    buf = bytearray()
     started = time.perf_counter()
-    try:
-        src: IO[bytes] = sys.stdin.buffer if events == "-" else open(events, "rb")  # noqa: SIM115
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {events}: {exc.strerror}") from None
     dl_file: IO[bytes] | None = None
-    if deadletter is not None:
-        dl_file = open(deadletter, "wb")  # noqa: SIM115
+    spool: Path | None = None
+    try:
+        if deadletter is not None:
+            dl_file = open(deadletter, "wb")  # noqa: SIM115
+        path = None if events == "-" else Path(events)
+        if jobs > 1 and path is None:
+            spool = _spool_stdin()
+            path = spool
+        shard_of = None
+        if jobs > 1 and path is not None:
+            shard_of = route(path, _lines, int(window.total_seconds() * 1000), jobs)
+            if shard_of is not None and len(shard_of) < MIN_LINES_PER_JOB * 2:
+                shard_of = None
+        if shard_of is not None and path is not None:
+            counts = settle_sharded(path, _lines, make_fold, shard_of, jobs, out, dl_file)
+        else:
+            counts = _settle_one_process(path, make_fold(), out, dl_file)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {events}: {exc.strerror or exc}") from None
+    except ShardError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        out.flush()
+        if dl_file is not None:
+            dl_file.close()
+        if spool is not None:
+            spool.unlink(missing_ok=True)
+    c = counts
+    secs = time.perf_counter() - started
+    by = ", ".join(f"{k} {v}" for k, v in sorted(c.by_output.items()))
+    click.echo(
+        f"settle: read {c.read}, applied {c.applied}, duplicates {c.duplicates}, "
+        f"dead-lettered {c.dead_lettered}; outputs {c.outputs} ({by}); "
+        f"{secs:.2f} s, {c.read / secs if secs else 0:,.0f} events/s",
+        err=True,
+    )
+
+
+def _spool_stdin() -> Path:
+    """Standard input copied to a file: the router and every shard read the log."""
+    fd, name = tempfile.mkstemp(prefix="yibao-settle-", suffix=".jsonl")
+    with os.fdopen(fd, "wb") as f:
+        shutil.copyfileobj(sys.stdin.buffer, f, _FLUSH_BYTES)
+    return Path(name)
+
+
+def _settle_one_process(path: Path | None, fold: Fold, out: IO[bytes],
+                        dl_file: IO[bytes] | None) -> Counts:
+    encoder = msgspec.json.Encoder()
+    buf = bytearray()
+    src: IO[bytes] = sys.stdin.buffer if path is None else open(path, "rb")  # noqa: SIM115
     try:
         with src:
             for result in fold.run(_lines(src)):
@@ -105,22 +167,9 @@ def settle(
                 if len(buf) > _FLUSH_BYTES:
                     out.write(buf)
                     buf.clear()
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {events}: {exc}") from None
     finally:
         out.write(buf)
-        out.flush()
-        if dl_file is not None:
-            dl_file.close()
-    c = fold.counts
-    secs = time.perf_counter() - started
-    by = ", ".join(f"{k} {v}" for k, v in sorted(c.by_output.items()))
-    click.echo(
-        f"settle: read {c.read}, applied {c.applied}, duplicates {c.duplicates}, "
-        f"dead-lettered {c.dead_lettered}; outputs {c.outputs} ({by}); "
-        f"{secs:.2f} s, {c.read / secs if secs else 0:,.0f} events/s",
-        err=True,
-    )
+    return fold.counts
 
 
 @click.group()
