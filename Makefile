@@ -12,7 +12,7 @@ KAFKA_LIBS := var/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: wheel-check help system-deps setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live smoke bench-replay chaos soak
+.PHONY: wheel-check help system-deps setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live bench-anchors smoke bench-replay chaos soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -78,6 +78,10 @@ bench-settle: ## settle a generated log of >= 1M events: events/s and peak RSS (
 bench-live: ## live pipeline on the local broker: end-to-end events/s, raw ceiling, p50/p99 latency
 	$(BIN)/python -m yibao kafka up
 	$(BIN)/python bench/bench_live.py
+
+bench-anchors: ## raw aiokafka, Quix (exactly-once), faust (tuned) beside bench-live on the same events: rates, yibao's ratios
+	$(BIN)/python -m yibao kafka up
+	$(BIN)/python bench/bench_anchors.py
 
 demo: ## broker, worker and projector up; a generated month (10,000 households) published; reports + chart
 	$(BIN)/yibao kafka up
