@@ -184,6 +184,19 @@ class GcPauses:
 
 def main(settings: Settings, opts: WorkerOptions) -> None:
     serve_metrics(settings.metrics_port)
+    if settings.profile is None:
+        _run(settings, opts)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(_run, settings, opts)
+    finally:
+        profiler.dump_stats(settings.profile)
+
+
+def _run(settings: Settings, opts: WorkerOptions) -> None:
     try:
         import uvloop
 

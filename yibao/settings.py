@@ -170,6 +170,11 @@ class Settings(BaseSettings):
         description="Port of the Prometheus /metrics endpoint of `yibao worker` and `yibao "
         "project` (0: none). The gateway serves /metrics on its own port.",
     )
+    profile: str | None = Field(
+        default=None,
+        description="Diagnosis: `yibao worker` runs under cProfile and writes the profile to "
+        "this file when it stops (where the time goes: `bench/bench_capacity.py --profile`).",
+    )
 
     # `yibao gateway`: the hospitals' HTTP front door.
     gateway_host: str = Field(default="127.0.0.1", description="Address `yibao gateway serve` listens on.")
