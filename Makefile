@@ -12,7 +12,7 @@ KAFKA_LIBS := var/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: wheel-check help system-deps setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live bench-anchors smoke bench-replay chaos soak
+.PHONY: compile pure wheel-check help system-deps setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live bench-anchors smoke bench-replay chaos soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -66,6 +66,12 @@ test: ## ruff + mypy, then the whole test suite (Kafka tests start/stop a broker
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+compile: ## mypyc-compile the rules core in place (yibao/rules/*.so); `yibao --version` says which runs
+	$(BIN)/python tools/compile_core.py
+
+pure: ## remove the compiled core: the same rules run as plain Python
+	rm -f yibao/rules/*.so yibao/rules/compiled.sha256
 
 lint: ## ruff check + mypy
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ way an operator at a terminal does. `yibao config` lists every variable.
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
 import click
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from yibao.dev.broker import BrokerConfig, BrokerError, LocalBroker
 from yibao.logging import configure as configure_logging
+from yibao.rules import core_build
 from yibao.settings import Settings, setting_option, show, variable
 
 CONTEXT = {
@@ -26,6 +28,7 @@ CONTEXT = {
 
 
 @click.group(context_settings=CONTEXT)
+@click.version_option(version("yibao"), message=f"%(prog)s %(version)s, rules core: {core_build()}")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """yibao: event-sourced medical insurance settlement on Kafka."""
@@ -214,8 +217,21 @@ import datetime as _dt  # noqa: E402
     type=click.Path(dir_okay=False, allow_dash=True),
     help="JSONL file to write, or - for stdout.",
 )
+@click.option(
+    "--audit-patterns/--no-audit-patterns",
+    default=True,
+    help="Mix in the fund-audit patterns (restricted codes used rightly and wrongly, "
+    "readmissions, overlapping stays, repeat tests, doctor shopping, late deaths, group "
+    "admissions, spikes).",
+)
 def generate(
-    households: int, seed: int, date_from: _dt.datetime, date_to: _dt.datetime, bad_rate: float, output: str
+    households: int,
+    seed: int,
+    date_from: _dt.datetime,
+    date_to: _dt.datetime,
+    bad_rate: float,
+    output: str,
+    audit_patterns: bool,
 ) -> None:
     """Write a realistic synthetic event log (JSONL, events.md schema_version 1), sorted by
     occurred_at: enrollment, visits, charges, checkouts, payments, refunds, rule-violating
@@ -223,7 +239,12 @@ def generate(
     from yibao.dev.generate import GenerateConfig, generate_to_path
 
     cfg = GenerateConfig(
-        households=households, seed=seed, start=date_from.date(), end=date_to.date(), bad_rate=bad_rate
+        households=households,
+        seed=seed,
+        start=date_from.date(),
+        end=date_to.date(),
+        bad_rate=bad_rate,
+        audit_patterns=audit_patterns,
     )
     try:
         stats = generate_to_path(cfg, output)
