@@ -43,17 +43,19 @@ class VerifyResult:
         return not self.diffs
 
 
-def verify(a: str | Path, b: str | Path, *, rows: int = 5) -> VerifyResult:
+def verify(a: str | Path, b: str | Path, *, rows: int = 5, positions: bool = False
+           ) -> VerifyResult:
     """Compare every projection (tables and views) of two files: row count and an
     order-independent checksum (sum of row hashes); on a mismatch, the first rows that are
-    in one and not the other (multiset difference)."""
+    in one and not the other (multiset difference). With ``positions``, the tracking
+    positions too (``_offsets``): two projections read up to the same place in the log."""
     con = duckdb.connect()
     try:
         con.execute(f"ATTACH {sql_literal(a)} AS a (READ_ONLY)")
         con.execute(f"ATTACH {sql_literal(b)} AS b (READ_ONLY)")
         compared: list[tuple[str, int, int]] = []
         diffs: list[TableDiff] = []
-        for name in PROJECTIONS:
+        for name in (*PROJECTIONS, *(("_offsets",) if positions else ())):
             try:
                 ca = con.sql(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM a.{name} t"
                              ).fetchall()[0]

@@ -8,3 +8,8 @@ from yibao.errors import YibaoError
 
 class RegionError(YibaoError, ValueError):
     """A bad region code, or a projection that cannot be scoped."""
+
+
+class PartsError(YibaoError, ValueError):
+    """Replay parts that cannot be merged (overlapping, missing, unfinished or mismatched
+    partition ranges), or a bad partition range."""

@@ -25,6 +25,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from yibao.metrics import PROJECTOR_BATCH_SECONDS, PROJECTOR_LAG, PROJECTOR_RECORDS
+from yibao.projections.exceptions import PartsError
+from yibao.projections.parts import Span, owner_partition, part_meta
 from yibao.projections.sqltransform import raw_table
 from yibao.projections.store import Offsets, Store
 from yibao.projections.transform import (
@@ -54,6 +56,8 @@ class RunOptions:
     snapshot_every: float | None = None  # follow: publish a snapshot every N seconds
     policy: Policy | None = None  # what-if: re-settle the ledger under this policy
     sql: bool = True  # rows made by DuckDB (yibao.projections.sqltransform), else by Transform
+    partitions: Span | None = None  # replay: only this range of ledger partitions (parts.py)
+    end_offsets: Offsets | None = None  # replay: stop here instead of the end offsets at start
     on_total: Callable[[int], None] | None = None
     on_progress: Callable[[int], None] | None = None
     topic_wait: float = 60.0  # how long to wait for the topics to exist
@@ -89,9 +93,11 @@ def consumer_for(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
-async def assign(consumer: AIOKafkaConsumer, topics: dict[str, str], wait: float
-                 ) -> dict[TopicPartition, str]:
-    """Assign every partition of ``topics`` (role -> name); wait up to ``wait`` s for them."""
+async def assign(consumer: AIOKafkaConsumer, topics: dict[str, str], wait: float,
+                 span: Span | None = None) -> dict[TopicPartition, str]:
+    """Assign every partition of ``topics`` (role -> name), or with ``span`` those of its
+    part (:func:`yibao.projections.parts.owner_partition`, counted on ``topics[LEDGER]``);
+    wait up to ``wait`` s for them."""
     deadline = time.monotonic() + wait
     while True:
         await consumer._client.force_metadata_update()
@@ -103,24 +109,36 @@ async def assign(consumer: AIOKafkaConsumer, topics: dict[str, str], wait: float
             raise TimeoutError(f"topics not found: {', '.join(missing)}")
         await asyncio.sleep(0.5)
     roles = {TopicPartition(topics[r], p): r for r, ps in parts.items() for p in sorted(ps or ())}
+    if span is not None:
+        n = len(parts[LEDGER] or ())
+        if span.last >= n:
+            raise PartsError(f"partitions {span} asked for, {topics[LEDGER]} has {n} (0-{n - 1})")
+        roles = {tp: r for tp, r in roles.items() if owner_partition(tp.partition, n) in span}
     consumer.assign(list(roles))
     return roles
 
 
-async def run(settings: Settings, store: Store, transform: Transform, opts: RunOptions,
-              stop: asyncio.Event | None = None) -> RunStats:
+def topic_roles(settings: Settings, whatif: bool = False) -> dict[str, str]:
+    """role -> topic name of what a projection reads (a what-if settles the ledger itself
+    instead of reading ``settlements``)."""
     t = Topics.of(settings)
     names = {LEDGER: t.ledger, SETTLEMENTS: t.settlements, DEADLETTER: t.deadletter,
              AUDIT: t.audit}
-    if opts.policy is not None:
+    if whatif:
         names.pop(SETTLEMENTS)
+    return names
+
+
+async def run(settings: Settings, store: Store, transform: Transform, opts: RunOptions,
+              stop: asyncio.Event | None = None) -> RunStats:
+    names = topic_roles(settings, opts.policy is not None)
     whatif = _WhatIf(opts.policy) if opts.policy is not None else None
     stats = RunStats()
     consumer = consumer_for(settings)
     await consumer.start()
     started = time.monotonic()
     try:
-        roles = await assign(consumer, names, opts.topic_wait)
+        roles = await assign(consumer, names, opts.topic_wait, opts.partitions)
         stored = store.offsets()
         start: dict[TopicPartition, int] = {}
         for tp, role in roles.items():
@@ -132,6 +150,15 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
                 consumer.seek(tp, o)
                 start[tp] = o
         end = await consumer.end_offsets(list(roles))
+        if opts.end_offsets is not None:
+            end = {tp: opts.end_offsets.get((role, tp.partition), end[tp])
+                   for tp, role in roles.items()}
+        if not opts.follow:
+            n_ledger = len(consumer.partitions_for_topic(names[LEDGER]) or ())
+            store.set_meta({**part_meta(opts.partitions or Span(first=0, last=n_ledger - 1),
+                                        n_ledger, {(r, tp.partition): end[tp]
+                                                   for tp, r in roles.items()}),
+                            "complete": "false"})
         if opts.on_total:
             opts.on_total(sum(max(0, end[tp] - start[tp]) for tp in roles))
         todo = {tp for tp in roles if end[tp] > start[tp]}
@@ -177,15 +204,21 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
                                           max_records=opts.max_records)
             got = 0
             for tp, recs in data.items():
+                if not opts.follow and recs and recs[-1].offset >= end[tp]:
+                    # replay: nothing past the end offsets (the log may grow meanwhile)
+                    recs = [r for r in recs if r.offset < end[tp]]
+                    consumer.pause(tp)
+                    todo.discard(tp)
                 if not recs:
                     continue
                 role = roles[tp]
                 got += len(recs)
                 stats.records[role] += len(recs)
+                next_offset = recs[-1].offset + 1
                 if until is not None:
                     recs = [r for r in recs if r.timestamp <= until]
                 pending[role].extend(recs)
-                offsets[(role, tp.partition)] = data[tp][-1].offset + 1
+                offsets[(role, tp.partition)] = next_offset
                 PROJECTOR_RECORDS.labels(role).inc(len(recs))
                 end_now = consumer.highwater(tp)
                 if end_now is not None:
@@ -216,7 +249,8 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
         await flush()
         if writing is not None:
             await writing
-        if not opts.follow:
+        if not opts.follow and not todo:
+            store.set_meta({"complete": "true"})
             await asyncio.to_thread(store.checkpoint)
         if opts.snapshot_every is not None:
             store.snapshot()
