@@ -1,5 +1,5 @@
-"""Projection commands: `yibao project`, `replay`, `verify`, `reconcile`, `sql`, `report`,
-`explain`, `chart`, `projection-schema`. Options that a ``YIBAO_*`` variable also sets (settings
+"""Projection commands: `yibao project`, `replay`, `merge-parts`, `verify`, `reconcile`, `sql`,
+`report`, `explain`, `chart`, `projection-schema`. Options that a ``YIBAO_*`` variable also sets (settings
 fields) show it in --help."""
 
 from __future__ import annotations
@@ -110,52 +110,87 @@ def _parse_ts(value: str | None) -> int | None:
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
               default=None, help="What-if: re-settle the ledger under this policy TOML instead of "
                                  "reading the recorded settlements.")
+@click.option("--partitions", "span_text", default=None,
+              help="Only these ledger partitions (e.g. 0-3): a part file for `yibao merge-parts`, "
+                   "with the same partitions of the other topics [default: all].")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Processes, each over its own range of partitions, merged at the end "
+                   "[default: the core count].")
 @click.option("--max-records", type=click.IntRange(min=1), default=200_000,
               help="Records per write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
 def replay(settings: Settings, into: Path, until: str | None, policy_path: str | None,
-           max_records: int, quiet: bool) -> None:
+           span_text: str | None, jobs: int | None, max_records: int, quiet: bool) -> None:
     """Rebuild every projection from offset 0 of the log (fast batch path: aiokafka getmany,
-    msgspec, Arrow) up to the end offsets at start."""
-    from yibao.projections.runner import RunOptions, run
-    from yibao.projections.store import Store
-    from yibao.projections.transform import Transform
-    from yibao.rules.policy import load_policy
+    msgspec, Arrow) up to the end offsets at start; with --partitions, only a range of
+    partitions (a part), and with --jobs, several processes over disjoint ranges."""
+    from yibao.projections.exceptions import PartsError
+    from yibao.projections.parallel import PartJob, cores, replay_parallel, replay_part
+    from yibao.projections.parts import parse_span
 
-    for p in (into, into.with_name(into.name + ".wal")):
-        p.unlink(missing_ok=True)
-    policy = load_policy(policy_path) if policy_path else None
-    on_total, on_progress, close = _progress(f"replay into {into.name}", quiet)
-    with Store(into, pseudonym_key=settings.pseudonym_key, bulk=True,
-               memory_limit=settings.duckdb_memory_limit) as store:
-        store.set_meta({"source": "whatif" if policy else "replay",
-                        "policy": policy_path or "", "until": until or "",
-                        "topic_prefix": settings.topic_prefix})
-        try:
-            stats = asyncio.run(run(settings, store, Transform(settings.pseudonym_key),
-                                    RunOptions(until_ms=_parse_ts(until), policy=policy,
-                                               max_records=max_records, on_total=on_total,
-                                               on_progress=on_progress)))
-        except TimeoutError as exc:
-            raise click.ClickException(str(exc)) from None
-        finally:
-            close()
-    per_topic = ", ".join(f"{k} {v}" for k, v in stats.records.items())
-    click.echo(f"replayed {stats.events} records ({per_topic}) into {into} in "
-               f"{stats.seconds:.2f} s: {stats.rate:,.0f} events/s", err=True)
+    try:
+        span = parse_span(span_text) if span_text is not None else None
+    except PartsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--partitions") from None
+    job = PartJob(path=str(into), span=span, policy_path=policy_path, until=until,
+                  until_ms=_parse_ts(until), max_records=max_records)
+    jobs = jobs or cores()
+    try:
+        if jobs == 1:
+            on_total, on_progress, close = _progress(f"replay into {into.name}", quiet)
+            try:
+                stats = replay_part(settings, job, on_total, on_progress)
+            finally:
+                close()
+            records, events, seconds = stats.records, stats.events, stats.seconds
+            how = ""
+        else:
+            par = replay_parallel(settings, job, jobs)
+            records, events, seconds = par.records, par.events, par.seconds
+            how = (f" with {len(par.spans)} processes (partitions "
+                   f"{', '.join(map(str, par.spans))}; merge {par.merge_seconds:.2f} s)")
+    except (TimeoutError, PartsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    per_topic = ", ".join(f"{k} {v}" for k, v in records.items())
+    click.echo(f"replayed {events} records ({per_topic}) into {into}{how} in "
+               f"{seconds:.2f} s: {events / seconds if seconds else 0:,.0f} events/s", err=True)
+
+
+@click.command("merge-parts")
+@click.option("--into", "into", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Projection file to build (replaced if it exists).")
+@click.argument("parts", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.pass_obj
+def merge_parts(settings: Settings, into: Path, parts: tuple[Path, ...]) -> None:
+    """Merge replay PARTS (`yibao replay --partitions`, from any machine) into one projection
+    file; refuses overlapping or missing partition ranges, unfinished parts and parts of
+    different replays (what-if policy, --until, topics, pseudonym key)."""
+    from yibao.projections.exceptions import PartsError
+    from yibao.projections.parts import merge_parts as run_merge
+
+    if any(p.resolve() == into.resolve() for p in parts):
+        raise click.BadParameter("--into must not be one of the parts", param_hint="--into")
+    try:
+        span = run_merge(into, parts, memory_limit=settings.duckdb_memory_limit)
+    except PartsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"merged {len(parts)} parts (partitions {span}) into {into}", err=True)
 
 
 @click.command()
 @click.argument("a", type=click.Path(dir_okay=False, exists=True))
 @click.argument("b", type=click.Path(dir_okay=False, exists=True))
 @click.option("--rows", type=int, default=5, help="Differing rows to show per table.")
-def verify(a: str, b: str, rows: int) -> None:
+@click.option("--positions", is_flag=True,
+              help="Also compare the tracking positions (_offsets): both read to the same offsets.")
+def verify(a: str, b: str, rows: int, positions: bool) -> None:
     """Compare two projection files table by table (row counts and checksums, then the first
     differing rows); exit 1 unless identical."""
     from yibao.projections.audit import verify as run_verify
 
-    res = run_verify(a, b, rows=rows)
+    res = run_verify(a, b, rows=rows, positions=positions)
     for name, n, checksum in res.compared:
         click.echo(f"  same  {name:<28} {n:>9} rows  checksum {checksum & 0xFFFFFFFFFFFF:012x}")
     for d in res.diffs:
@@ -377,5 +412,5 @@ def projection_schema() -> None:
 
 from yibao.dev.demo import demo  # noqa: E402
 
-COMMANDS = (project, replay, verify, reconcile, sql, report, explain, chart, projection_schema,
-            demo)
+COMMANDS = (project, replay, merge_parts, verify, reconcile, sql, report, explain, chart,
+            projection_schema, demo)
