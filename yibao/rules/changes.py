@@ -139,8 +139,27 @@ Change = (
 
 
 def apply_change(state: State, change: Change) -> None:
-    """Apply one change: the only place the fold mutates state."""
+    """Apply one change: the only place the fold mutates state. The cases are tried in
+    order, so the changes of nearly every event come first."""
     match change:
+        case LinesAdded(person_id=pid, visit_id=vid, items=items):
+            visit = state.persons[pid].visits[vid]
+            lines, codes = visit.lines, visit.codes
+            for item in items:
+                lines[item.line_id] = (item.catalog_class, item.amount_fen, item.cap_fen)
+                codes[item.line_id] = (item.code, item.quantity)
+        case VisitStarted(event=e):
+            _person(state, e.person_id).visits[e.visit_id] = Visit(e, local_date(e.opened_at))
+        case Settled(person_id=pid, visit_id=vid, settlement=s, claim=claim, keep_from=keep):
+            _settle(state, pid, vid, s)
+            p = state.persons[pid]
+            p.settlements_made = claim.order
+            p.claims.append(claim)
+            if any(c.service_date < keep for c in p.claims):
+                _retire_claims(p, keep)
+        case Paid(person_id=pid, visit_id=vid, amount_fen=amount, bank=bank):
+            _pay(state, pid, vid, amount, bank)
+
         case Registered(event=e):
             p = _person(state, e.person_id)
             p.registration = e
@@ -168,31 +187,13 @@ def apply_change(state: State, change: Change) -> None:
         case CreditMoved(person_id=pid, bank=bank, delta=delta):
             p = state.persons[pid]
             p.credit_outstanding[bank] = p.credit_outstanding.get(bank, 0) + delta
-        case VisitStarted(event=e):
-            _person(state, e.person_id).visits[e.visit_id] = Visit(e, local_date(e.opened_at))
-        case LinesAdded(person_id=pid, visit_id=vid, items=items):
-            visit = state.persons[pid].visits[vid]
-            lines, codes = visit.lines, visit.codes
-            for item in items:
-                lines[item.line_id] = (item.catalog_class, item.amount_fen, item.cap_fen)
-                codes[item.line_id] = (item.code, item.quantity)
         case LinesRemoved(person_id=pid, visit_id=vid, line_ids=ids):
             visit = state.persons[pid].visits[vid]
             for line_id in ids:
                 del visit.lines[line_id]
                 visit.codes.pop(line_id, None)
-        case Settled(person_id=pid, visit_id=vid, settlement=s, claim=claim, keep_from=keep):
-            _settle(state, pid, vid, s)
-            p = state.persons[pid]
-            p.settlements_made = claim.order
-            p.claims.append(claim)
-            if any(c.service_date < keep for c in p.claims):
-                _retire_claims(p, keep)
         case Reversed(person_id=pid, visit_id=vid):
             _reverse(state, pid, vid)
-        case Paid(person_id=pid, visit_id=vid, amount_fen=amount, bank=bank):
-            _pay(state, pid, vid, amount, bank)
-
 
 def _person(state: State, pid: str) -> Person:
     p = state.persons.get(pid)

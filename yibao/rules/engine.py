@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from yibao.clock import local_date
 from yibao.rules import audit, steps
@@ -88,8 +88,20 @@ class Engine:
     # ------------------------------------------------------------------ the fold
 
     def decide(self, state: State, event: InputEvent) -> Decision:
-        """Outputs and state changes for one (deduplicated) input event. Reads state only."""
-        return self._handlers[type(event)](state, event)
+        """Outputs and state changes for one (deduplicated) input event. Reads state only.
+
+        The events of nearly every line of a log are tested first, by exact type as the table
+        is keyed: a compiled core then calls their handlers directly, not through the table."""
+        t = type(event)
+        if t is ev.ItemsCharged or t is ev.PrescriptionIssued:
+            return self._items(state, cast("ev.ItemsCharged | ev.PrescriptionIssued", event))
+        if t is ev.VisitClosed:
+            return self._visit_closed(state, cast(ev.VisitClosed, event))
+        if t is ev.VisitOpened:
+            return self._visit_opened(state, cast(ev.VisitOpened, event))
+        if t is ev.PaymentMade:
+            return self._payment(state, cast(ev.PaymentMade, event))
+        return self._handlers[t](state, event)
 
     @staticmethod
     def evolve(state: State, decision: Decision) -> State:
@@ -393,7 +405,8 @@ class Engine:
             if checked.flags:  # AUDIT_BLOCK: the blocking flags are raised too
                 refused.outputs.extend(_raise(checked.flags, e, checked.facility_id, 1))
             return refused
-        return self._settle(state, *checked, e)
+        p, reg, visit, d, pol, audited = checked
+        return self._settle(state, p, reg, visit, d, pol, audited, e)
 
     def _presettled(self, state: State, e: ev.PreSettlementRequested) -> Decision:
         """settlement.md "Pre-settlement": Step 0 and Steps 1-6 as a checkout would run them
@@ -403,7 +416,8 @@ class Engine:
             return Decision([PreviewRejected(
                 event_id=f"{e.event_id}/0", caused_by=e.event_id, person_id=e.person_id,
                 visit_id=e.visit_id, reason=checked.reason, detail=checked.detail)])
-        would = self._settle(state, *checked, e)
+        p, reg, visit, d, pol, audited = checked
+        would = self._settle(state, p, reg, visit, d, pol, audited, e)
         return Decision([preview_of(would.outputs)])
 
     def _can_settle(

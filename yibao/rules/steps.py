@@ -12,13 +12,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from yibao.rules.policy import PolicyVersion, SchemePolicy
 from yibao.rules.state import in_force
 from yibao.schemas import events as ev
 from yibao.schemas.events import TraceEntry
 
-FULL = 10000
+FULL: Final = 10000
 
 #: accumulator deltas of one step, in the order they are recorded
 Deltas = tuple[tuple[str, int], ...]
