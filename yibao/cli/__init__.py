@@ -217,8 +217,21 @@ import datetime as _dt  # noqa: E402
     type=click.Path(dir_okay=False, allow_dash=True),
     help="JSONL file to write, or - for stdout.",
 )
+@click.option(
+    "--audit-patterns/--no-audit-patterns",
+    default=True,
+    help="Mix in the fund-audit patterns (restricted codes used rightly and wrongly, "
+    "readmissions, overlapping stays, repeat tests, doctor shopping, late deaths, group "
+    "admissions, spikes).",
+)
 def generate(
-    households: int, seed: int, date_from: _dt.datetime, date_to: _dt.datetime, bad_rate: float, output: str
+    households: int,
+    seed: int,
+    date_from: _dt.datetime,
+    date_to: _dt.datetime,
+    bad_rate: float,
+    output: str,
+    audit_patterns: bool,
 ) -> None:
     """Write a realistic synthetic event log (JSONL, events.md schema_version 1), sorted by
     occurred_at: enrollment, visits, charges, checkouts, payments, refunds, rule-violating
@@ -226,7 +239,12 @@ def generate(
     from yibao.dev.generate import GenerateConfig, generate_to_path
 
     cfg = GenerateConfig(
-        households=households, seed=seed, start=date_from.date(), end=date_to.date(), bad_rate=bad_rate
+        households=households,
+        seed=seed,
+        start=date_from.date(),
+        end=date_to.date(),
+        bad_rate=bad_rate,
+        audit_patterns=audit_patterns,
     )
     try:
         stats = generate_to_path(cfg, output)

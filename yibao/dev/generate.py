@@ -60,7 +60,7 @@ from yibao.rules.engine import Engine
 from yibao.rules.policy import load_policy
 from yibao.rules.state import Person, State, Visit
 from yibao.schemas.codec import Codec
-from yibao.schemas.events import ClaimSettled, OutputEvent
+from yibao.schemas.events import AuditFlagRaised, ClaimRejected, ClaimSettled, OutputEvent
 
 Event = dict[str, Any]
 Action = Callable[[int, Any], "Event | None"]
@@ -322,6 +322,31 @@ _C_IMPLANT = {
 }
 # fmt: on
 
+
+def _audited(code: str, name: str, category: str, cls: str, price: int) -> _Item:
+    """An item coded as in the audit catalog (yibao/rules/catalog.toml): a restricted code."""
+    return _Item(code, name, category, cls, (price * 90 // 100, price, price * 112 // 100), None)
+
+
+# The audit catalog's restricted codes (audit.md "The audit catalog"). Ward bed-days and
+# vaginal deliveries carry them in every log made with the audit patterns (used rightly); the
+# patterns (yibao/dev/audit_patterns.py) use the others, rightly and, at low rates, wrongly.
+AUDITED: dict[str, _Item] = {i.code: i for i in (
+    _audited("SVC-BED-WARD", "普通病房床位费", "service", "A", 6000),
+    _audited("SVC-BED-ICU", "重症监护病房床位费", "service", "B", 30000),
+    _audited("SVC-DELIVERY", "单胎顺产接生", "service", "A", 80000),
+    _audited("SVC-PROSTATECTOMY", "经尿道前列腺电切术", "service", "A", 600000),
+    _audited("LAB-PSA", "前列腺特异性抗原测定", "service", "A", 6000),
+    _audited("LAB-HCG", "β-人绒毛膜促性腺激素测定", "service", "A", 4000),
+    _audited("DRUG-PED-AMOX", "阿莫西林颗粒(儿童)", "drug", "A", 1500),
+    _audited("SVC-NEONATAL", "新生儿暖箱", "service", "A", 5000),
+    _audited("IMG-CT-CHEST", "胸部CT平扫", "service", "B", 25000),
+    _audited("IMG-MRI-HEAD", "头颅磁共振平扫", "service", "B", 60000),
+    _audited("LAB-HBA1C", "糖化血红蛋白测定", "service", "B", 6000),
+    _audited("SVC-HEMODIALYSIS", "血液透析", "service", "A", 45000),
+    _audited("SVC-ANES-MONITOR", "麻醉中监测(每小时)", "service", "A", 2000),
+)}
+
 # --------------------------------------------------------------------- diagnoses, diseases
 
 _DX_OUTPATIENT = (
@@ -474,6 +499,7 @@ class _Person:
         self.special: str | None = None
         self.special_until = 0  # planned: the last day certified
         self.death: int | None = None  # planned day of death
+        self.death_lag: int | None = None  # planned: days until the death is registered
         self.filing: tuple[str, int, int] | None = None  # planned: region, from, to
         self.banks: list[str] = []  # planned credit lines
         self.busy_until = 0
@@ -491,6 +517,20 @@ def _lognormal_fen(rng: random.Random, median_yuan: float, sigma: float, lo: int
 
 
 Line = tuple[_Item, int, int, int | None]  # item, quantity, unit price, cap_fen
+
+
+class Steer(NamedTuple):
+    """How an audit pattern (yibao/dev/audit_patterns.py) wants a visit: where, with which
+    diagnoses (None: the usual draw), how many days in hospital (0: the usual draw), and
+    lines charged on top of the usual ones."""
+
+    fac: _Facility
+    diagnoses: tuple[str, ...] | None = None
+    days: int = 0
+    extra: tuple[Line, ...] = ()
+
+
+OpenArg = tuple[_Person, str, _InpatientDx | None] | tuple[_Person, str, _InpatientDx | None, Steer]
 # The engine wants a valid event_id; the writer numbers events in log order, later.
 _UNNUMBERED = "E00000000"
 
@@ -510,6 +550,7 @@ class _Household:
         self.start = gen.start_ms
         self.end = gen.end_ms
         self.years = max(gen.days / 365.0, 1 / 365)
+        self.reg_day = gen.start_day  # the household's registration day, set by the plan
         self._plan()
 
     def close(self) -> None:
@@ -588,6 +629,7 @@ class _Household:
         else:
             reg_day = g.start_day + rng.randrange(0, max(1, min(28, g.days // 10)))
         reg_ms = _at_local(reg_day, rng.randrange(8 * HOUR_MS, 17 * HOUR_MS))
+        self.reg_day = reg_day
         region = rng.choices(_REGION_LIST, _REGION_W)[0]
         big_city = region[:2] in ("11", "31", "44")
         members = self._composition(reg_day)
@@ -627,6 +669,10 @@ class _Household:
             self.at(reg_ms + i, self._a_register, p)
             if rng.random() < P_DUP_REGISTRATION:
                 self.at(self.when(reg_day + 1, reg_day + 30), self._a_register, p)
+        if g.audit_patterns:  # before the enrollment plan: a pattern may register a death late
+            from yibao.dev.audit_patterns import plan_person_patterns
+
+            plan_person_patterns(self)
         self._plan_enrollment(reg_day, reg_ms + HOUR_MS)
         for p in self.persons:
             self._start_streams(p, reg_ms + HOUR_MS)
@@ -754,7 +800,10 @@ class _Household:
                     eff2 = local_day(t2) if rng.random() < 0.7 else eff
                     self.at(t2, self._a_enrollment, (p, "EnrollmentResumed", eff2))
             if p.death is not None:
-                t = _at_local(p.death + rng.randrange(0, 21), rng.randrange(8 * HOUR_MS, 18 * HOUR_MS))
+                lag = rng.randrange(0, 21)
+                if p.death_lag is not None:  # registered late (an audit pattern)
+                    lag = p.death_lag
+                t = _at_local(p.death + lag, rng.randrange(8 * HOUR_MS, 18 * HOUR_MS))
                 self.at(max(t, ms + step), self._a_death, (p, p.death))
                 step += 1
                 if rng.random() < 0.3:  # a visit under a dead person's name: PERSON_DECEASED
@@ -1076,9 +1125,11 @@ class _Household:
         fs = _FACILITIES[region][level - 1] or _FACILITIES[region][1]
         return rng.choice(fs)
 
-    def _a_open(self, ms: int, arg: tuple[_Person, str, _InpatientDx | None]) -> Event:
-        """VisitOpened; plans the visit's charges and its checkout."""
-        p, kind, dx = arg
+    def _a_open(self, ms: int, arg: OpenArg) -> Event:
+        """VisitOpened; plans the visit's charges and its checkout (as an audit pattern steers
+        it, if it does)."""
+        p, kind, dx, *rest = arg
+        steer = rest[0] if rest else None
         rng = self.rng
         dn = local_day(ms)
         self.nvisit += 1
@@ -1133,6 +1184,10 @@ class _Household:
                     diagnoses.append(extra)
             fac = self._facility(p, kind, 0.0, dn)
             total = _lognormal_fen(rng, 150, 0.75, 50, 2000)
+        if steer is not None:
+            fac = steer.fac
+            diagnoses = list(steer.diagnoses) if steer.diagnoses is not None else diagnoses
+            days = steer.days or days
         v = _Visit(vid, p, fac, kind, dn, diagnoses, special)
         e = self.env("VisitOpened", ms, fac.source, p.pid)
         e["visit_id"] = vid
@@ -1144,10 +1199,13 @@ class _Household:
         e["diagnoses"] = diagnoses
         if special is not None or rng.random() >= P_OMIT_NULL:
             e["special_disease_code"] = special
-        self._plan_visit(v, ms, dx, days, total)
+        self._plan_visit(v, ms, dx, days, total, steer.extra if steer is not None else ())
         return e
 
-    def _plan_visit(self, v: _Visit, ms: int, dx: _InpatientDx | None, days: int, total: int) -> None:
+    def _plan_visit(
+        self, v: _Visit, ms: int, dx: _InpatientDx | None, days: int, total: int, extra: tuple[Line, ...] = ()
+    ) -> None:
+        """The visit's charges (``extra``: a pattern's lines, charged once), checkout, and so on."""
         rng = self.rng
         p = v.person
         if v.kind == "inpatient":
@@ -1157,6 +1215,8 @@ class _Household:
             close = max(close, ms + 2 * HOUR_MS)
             step = max(MIN_MS, (close - ms - HOUR_MS) // max(1, len(batches)))
             t = ms + rng.randrange(10 * MIN_MS, 60 * MIN_MS)
+            if extra:
+                self.at(t + MIN_MS, self._a_charge, (v, False, list(extra)))
             if rng.random() < 0.12:  # a deposit before settlement: NOT_SETTLED
                 amount = rng.choice((100_000, 200_000, 300_000, 500_000, 1_000_000))
                 self.at(ms + rng.randrange(MIN_MS, 30 * MIN_MS), self._a_pay, (v, "deposit", amount))
@@ -1170,6 +1230,9 @@ class _Household:
             for is_rx, lines in batches:
                 self.at(t, self._a_charge, (v, is_rx, lines))
                 t += rng.randrange(MIN_MS, 25 * MIN_MS)
+            if extra:
+                self.at(t, self._a_charge, (v, False, list(extra)))
+                t += MIN_MS
             span = 3 * HOUR_MS if v.kind == "emergency" else 4 * HOUR_MS if v.special else 0
             close = t + rng.randrange(3 * MIN_MS, 30 * MIN_MS) + rng.randrange(span + 1)
             if rng.random() < 0.005:  # paying before the checkout: NOT_SETTLED
@@ -1302,7 +1365,7 @@ class _Household:
         periods = [b - a for a, b in zip([0, *bounds], [*bounds, days], strict=True)]
         periods += [0] * (nb - len(periods))
         icu = dx.surgery in ("cancer", "pci", "hip") and rng.random() < 0.3
-        bed = _S_WARD[5] if rng.random() < 0.02 else _S_WARD[0]
+        bed = _S_WARD[5] if rng.random() < 0.02 else self.gen.ward_bed
         spent = 0
         for k, n in enumerate(periods):
             if n <= 0:
@@ -1324,7 +1387,8 @@ class _Household:
             spent += ln[1] * ln[2]
         k_surg = min(nb - 1, 1) if nb > 1 else 0
         if dx.surgery is not None:
-            surg = [self._line(_S_SURGERY[dx.surgery][0], lvl, 1)]
+            surgery = self.gen.delivery if dx.surgery == "delivery" else _S_SURGERY[dx.surgery][0]
+            surg = [self._line(surgery, lvl, 1)]
             if dx.surgery not in ("delivery",):
                 surg.append(self._line(_S_ANESTHESIA[0], lvl, 1))
             implant = _C_IMPLANT.get(dx.surgery)
@@ -1439,10 +1503,16 @@ class _Household:
         if not use_pa or rng.random() >= P_OMIT_NULL:
             e["use_personal_account"] = use_pa
         # Folded now, not after the action: the payments are sized from this settlement.
-        settled = next((o for o in self.fold(e) if isinstance(o, ClaimSettled)), None)
+        outputs = self.fold(e)
+        settled = next((o for o in outputs if isinstance(o, ClaimSettled)), None)
         if not primary:
             return e
         t = ms + rng.randrange(20_000, 5 * MIN_MS)
+        if settled is None and any(
+            isinstance(o, ClaimRejected) and o.reason == "AUDIT_BLOCK" for o in outputs
+        ):
+            self._correct_audit_block(v, outputs, t, use_pa)
+            return e
         if settled is None:
             if rng.random() < 0.25:  # the patient pays the full bill anyway: NOT_SETTLED
                 visit = self.held_visit(v)
@@ -1457,6 +1527,16 @@ class _Household:
             t2 = t + rng.randrange(10 * MIN_MS, 3 * DAY_MS)
             self.at(t2, self._a_refund, (v, True))
         return e
+
+    def _correct_audit_block(self, v: _Visit, outputs: list[OutputEvent], t: int, use_pa: bool) -> None:
+        """The platform hands a blocked bill back at once: the hospital mostly reverses the
+        flagged lines and checks out again (else the visit stays open)."""
+        rng = self.rng
+        if rng.random() >= 0.9:
+            return
+        flagged = (lid for o in outputs if isinstance(o, AuditFlagRaised) for lid in o.line_ids)
+        self.at(t, self._a_reverse, (v, list(dict.fromkeys(flagged))))
+        self.at(t + rng.randrange(MIN_MS, 10 * MIN_MS), self._a_close, (v, use_pa, True))
 
     def _plan_payments(self, v: _Visit, cash: int, t: int) -> None:
         rng = self.rng
@@ -1750,6 +1830,7 @@ class GenerateConfig:
     end: date = date(2025, 12, 31)  # inclusive
     bad_rate: float = 0.001
     dup_rate: float = P_DUP_LINE
+    audit_patterns: bool = True  # yibao/dev/audit_patterns.py; off: the log as before them
 
 
 @dataclass
@@ -1797,6 +1878,10 @@ class _Generator:
         self.covered = frozenset(covered)
         self.covered_codes = [c for c in _SPECIAL_CODES if c in covered]
         self.covered_w = [w for c, w in zip(_SPECIAL_CODES, _SPECIAL_W, strict=True) if c in covered]
+        self.audit_patterns = cfg.audit_patterns
+        # With the patterns, bed-days and deliveries carry the audit catalog's codes.
+        self.ward_bed = AUDITED["SVC-BED-WARD"] if cfg.audit_patterns else _S_WARD[0]
+        self.delivery = AUDITED["SVC-DELIVERY"] if cfg.audit_patterns else _S_SURGERY["delivery"][0]
 
 
 def generate(cfg: GenerateConfig, out: IO[bytes]) -> GenerateStats:
@@ -1814,6 +1899,10 @@ def _generate(cfg: GenerateConfig, out: IO[bytes]) -> GenerateStats:
     t0 = time.perf_counter()
     gen = _Generator(cfg)
     households = [_Household(gen, i) for i in range(1, cfg.households + 1)]
+    if cfg.audit_patterns:
+        from yibao.dev.audit_patterns import plan_facility_patterns
+
+        plan_facility_patterns(gen, households)
     stats = GenerateStats(persons=sum(len(h.persons) for h in households))
     rng = random.Random(f"yibao-generate:{cfg.seed}:writer")
     rnd = rng.random
