@@ -1,15 +1,18 @@
 """Benchmark `yibao replay`: events/s rebuilding the DuckDB projections from offset 0, beside
-the raw consume rate of the same topics (ledger, settlements, deadletter) in the same run.
+the raw consume rate of the same topics (ledger, settlements, deadletter) in the same run, in
+one process and in ``--jobs`` processes over partition ranges merged into one file.
 
 The topics are filled once per log size (generated log → the pipeline's outputs via
 yibao.projections.simulate, under the prefix ``bench-replay-h<households>-``) and reused by later
 runs. Raw rate: the best of two plain getmany drains (before and after the replay), from
 after partition assignment. Replay rate: everything, from consumer start to the last
-commit of the DuckDB file. Prints figures; asserts nothing. The last line reads
+commit of the DuckDB file; parallel: from reading the end offsets to the merged file's
+checkpoint (process start-up and merge included), then ``verify`` compares the two files
+(not timed). Prints figures; asserts nothing. The last line reads
 
-    replay: <E> events/s, raw <R> events/s, ratio <X>
+    replay: <E> events/s, raw <R> events/s, ratio <X>; parallel(jobs=<N>): <P> events/s, ratio <Y>
 
-    make bench-replay          # or: .venv/bin/python bench/bench_replay.py --households 40000
+    make bench-replay          # or: .venv/bin/python bench/bench_replay.py --households 40000 --jobs 2
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from yibao.dev.generate import GenerateConfig, generate_to_path
+from yibao.projections.audit import verify
+from yibao.projections.parallel import PartJob, cores, replay_parallel
 from yibao.projections.runner import RunOptions, raw_consume, run
 from yibao.projections.simulate import simulate
 from yibao.projections.store import Store
@@ -55,6 +60,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=31, help="log length from 2025-03-01")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--jobs", type=int, default=cores(), help="processes of the parallel replay")
     args = ap.parse_args()
     base = Settings()
     settings = base.model_copy(update={
@@ -86,6 +92,8 @@ def main() -> None:
         stats = asyncio.run(run(settings, store, Transform(settings.pseudonym_key),
                                 RunOptions(max_records=200_000)))
         rows = sum(store.counts().values())
+    db2 = out / "replay-parallel.duckdb"
+    par = replay_parallel(settings, PartJob(path=str(db2), max_records=200_000), args.jobs)
     n2, s2 = asyncio.run(raw_consume(settings))
     raw = max(n1 / s1, n2 / s2)
     print(f"topics {settings.topic_prefix}{{ledger,settlements,deadletter}}: "
@@ -94,8 +102,17 @@ def main() -> None:
     print(f"replay: {stats.events:,} records -> {rows:,} rows in {stats.writes} transactions, "
           f"{stats.seconds:.2f} s, file {db} ({db.stat().st_size / 2**20:.0f} MiB)",
           file=sys.stderr)
+    print(f"parallel: {par.events:,} records, {len(par.spans)} processes over partitions "
+          f"{', '.join(map(str, par.spans))} ("
+          + ", ".join(f"{p.seconds:.2f} s" for p in par.parts)
+          + f"), merge {par.merge_seconds:.2f} s, total {par.seconds:.2f} s", file=sys.stderr)
+    same = verify(db, db2, positions=True)
+    print(f"verify --positions single vs parallel: "
+          f"{'identical' if same.identical else 'DIFFERENT: ' + str([d.name for d in same.diffs])}"
+          f" ({len(same.compared)} tables and views)", file=sys.stderr)
     print(f"replay: {stats.rate:,.0f} events/s, raw {raw:,.0f} events/s, "
-          f"ratio {stats.rate / raw:.2f}")
+          f"ratio {stats.rate / raw:.2f}; parallel(jobs={args.jobs}): {par.rate:,.0f} events/s, "
+          f"ratio {par.rate / raw:.2f}")
 
 
 if __name__ == "__main__":
