@@ -12,7 +12,7 @@ KAFKA_LIBS := var/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 PYTEST_ARGS ?=
 
-.PHONY: compile pure wheel-check help system-deps setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live bench-anchors smoke bench-replay chaos soak
+.PHONY: compile pure wheel-check help system-deps setup lock kafka-libs kafka-up kafka-down kafka-status test lint demo clean bench-settle bench-live bench-anchors bench-capacity smoke bench-replay chaos soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -100,6 +100,10 @@ smoke: ## start the local broker and run the faust smoke path end to end
 bench-gateway: ## HTTP gateway under wrk: visit flows at 200 checkouts/s offered; settle p50/p99, errors
 	$(BIN)/python -m yibao kafka up
 	$(BIN)/python bench/bench_gateway.py
+
+bench-capacity: ## each stage alone on a backlog (sequencer, processor, tier-B audit): events/s, settlements a day
+	$(BIN)/python -m yibao kafka up
+	$(BIN)/python bench/bench_capacity.py
 
 bench-replay: ## replay events/s into DuckDB beside the raw consume rate of the same topics
 	$(BIN)/yibao kafka up

@@ -9,6 +9,11 @@ the publisher's.
    record read → the last one the log gives, read_committed as they arrive).
 3. It stops; a worker with only the processor stage starts over the full ledger; its rate
    = ledger records / (first settlement → the last one the log gives).
+4. It stops; a worker with only the tier-B audit stage (audit.md "Tier B") reads the
+   settlements; its rate = settlement records / (its first group commit → the end), given
+   also as the input events/s of settlement it keeps up with.
+
+Each stage's log also gives its records per busy second (step + commit time only).
 
 ``--profile`` runs each stage under cProfile (``YIBAO_PROFILE``) and leaves the profiles
 beside the worker logs: where the time goes.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -76,6 +82,58 @@ async def arrival_span(settings: Settings, topic: str, target: int, timeout: flo
         await consumer.stop()
 
 
+async def committed_span(settings: Settings, group: str, topic: str, timeout: float
+                         ) -> float:
+    """Seconds from the group's first committed offset on ``topic`` to its last change,
+    once unchanged for 3 s (the stages commit group offsets at most once a second, after a
+    batch: about a second coarse; the busy rate is the finer figure)."""
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        first = last = None
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = 0
+            for tp in tps:
+                done += await consumer.committed(tp) or 0
+            now = time.monotonic()
+            if done != seen:
+                seen = done
+                first = first or now
+                last = now
+            elif first is not None and last is not None and now - last > 3.0:
+                return last - first
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"group {group} still committing on {topic} after {timeout} s")
+    finally:
+        await consumer.stop()
+
+
+def busy_rate(log: Path, stage: str) -> str:
+    """Records per second of the stage's own step and commit time (its ``<stage>.stopped``
+    line): what it does when it never waits for input."""
+    for line in reversed(log.read_text().splitlines()):
+        if f'"{stage}.stopped"' in line:
+            d = json.loads(line)
+            busy = d["seconds"]["step"] + d["seconds"]["commit"]
+            return (f"{d['records'] / busy:,.0f} records per busy second ({d['records']:,} "
+                    f"records, {d['batches']} batches, step {d['seconds']['step']:.2f} s, "
+                    f"commit {d['seconds']['commit']:.2f} s)")
+    return "no stopped line"
+
+
+def busy_records_per_s(log: Path, stage: str) -> float:
+    for line in reversed(log.read_text().splitlines()):
+        if f'"{stage}.stopped"' in line:
+            d = json.loads(line)
+            return float(d["records"] / (d["seconds"]["step"] + d["seconds"]["commit"]))
+    return 0.0
+
+
 async def stage_rate(settings: Settings, stage: str, topic: str, target: int, logdir: Path,
                      profile: bool, timeout: float) -> float:
     """Run one stage alone until ``topic`` holds ``target`` records; their arrival span."""
@@ -84,9 +142,13 @@ async def stage_rate(settings: Settings, stage: str, topic: str, target: int, lo
         env["YIBAO_PROFILE"] = str(logdir / f"{stage}.prof")
     proc = spawn(settings, worker_id=f"cap-{stage}", log_file=logdir / f"{stage}.log", env=env)
     try:
+        if stage == "audit":
+            return await committed_span(settings, Topics.of(settings).group(stage), topic,
+                                        timeout)
         return await arrival_span(settings, topic, target, timeout)
     finally:
         terminate(proc)
+        print(f"  {stage}: {busy_rate(logdir / f'{stage}.log', stage)}", file=sys.stderr)
 
 
 async def main_async(args: argparse.Namespace) -> str:
@@ -113,13 +175,23 @@ async def main_async(args: argparse.Namespace) -> str:
         proc = len(log) / proc_s
         print(f"  processor alone: {len(log):,} ledger events in {proc_s:.2f} s = "
               f"{proc:,.0f} events/s", file=sys.stderr)
+        audit_s = await stage_rate(settings, "audit", topics.settlements, outputs, logdir,
+                                   args.profile, args.timeout)
+        busy = busy_records_per_s(logdir / "audit.log", "audit")
+        audit = outputs / audit_s if audit_s > 1.0 else busy
+        print(f"  tier-B audit alone: {outputs:,} settlement outputs, "
+              + (f"{audit_s:.2f} s from its first group commit to its last = "
+                 if audit_s > 1.0 else "too few group commits to time it; busy rate: ")
+              + f"{audit:,.0f} records/s (= {audit * len(log) / outputs:,.0f} input events/s "
+              f"of settlement)", file=sys.stderr)
         share = checkout_share(sample)
         per_day = seq * share * 86_400
         print(f"  sequencer ceiling as settlements a day (1 checkout per {1 / share:.1f} "
               f"events): {per_day / 1e6:,.0f} million; national platform "
               f"{NATIONAL_PER_DAY / 1e6:.0f} million a day = {NATIONAL_PER_DAY / 86_400:,.0f}/s "
               f"on average", file=sys.stderr)
-        return (f"capacity: sequencer {seq:,.0f} events/s, processor {proc:,.0f} events/s "
+        return (f"capacity: sequencer {seq:,.0f} events/s, processor {proc:,.0f} events/s, "
+                f"tier-B audit {audit * len(log) / outputs:,.0f} input events/s "
                 f"(one process each); sequencer = {per_day / 1e6:,.0f} M settlements/day "
                 f"vs national {NATIONAL_PER_DAY / 1e6:.0f} M")
     finally:
