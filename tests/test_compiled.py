@@ -121,6 +121,37 @@ def test_compiled_and_pure_settle_byte_identical(
     assert compiled == pure
 
 
+STATE_ROUND_TRIP = """
+import sys
+import msgspec
+from yibao.rules import COMPILED
+from yibao.rules.engine import Engine
+from yibao.rules.fold import Fold
+from yibao.rules.policy import load_policy
+from yibao.streams.cores import _STATE_DECODER, _STATE_ENCODER, _VISIT_DECODER
+fold = Fold(Engine(load_policy(None)))
+for _ in fold.run(open(sys.argv[1], "rb")):
+    pass
+persons = fold.state.persons
+visits = [v for p in persons.values() for v in p.visits.values()]
+assert persons and visits
+assert _STATE_DECODER.decode(_STATE_ENCODER.encode(persons)) == persons
+assert all(_VISIT_DECODER.decode(_STATE_ENCODER.encode(v)) == v for v in visits)
+print(COMPILED, len(persons), len(visits))
+"""
+
+
+def test_the_live_stages_state_codec_round_trips_with_the_compiled_core(
+        compiled_root: Path) -> None:
+    """The processor writes households and visits to its changelogs with msgspec, which
+    needs the state classes' field types: a compiled dataclass would have lost them."""
+    env = {**os.environ, "PYTHONPATH": str(compiled_root)}
+    done = subprocess.run([sys.executable, "-c", STATE_ROUND_TRIP, str(SAMPLE)], cwd=compiled_root,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("True ")
+
+
 def test_a_build_older_than_its_sources_falls_back_to_them(compiled_root: Path, tmp_path: Path) -> None:
     """An edited source must run as edited: the stale extension modules are passed over."""
     stale = shutil.copytree(compiled_root / "yibao", tmp_path / "yibao")

@@ -23,8 +23,11 @@ from types import ModuleType
 
 __all__ = ["BUILD_RECORD", "COMPILED", "CORE", "core_build", "source_digests"]
 
-#: The hot path of ``yibao settle`` (and of the live stages), in dependency order.
-CORE = ("state", "changes", "dedup", "steps", "audit", "engine", "fold")
+#: The hot path of ``yibao settle`` (and of the live stages), in dependency order. Not
+#: ``state``: compiled dataclasses lose their field types (mypyc leaves ``type`` in their
+#: annotations), and the live stages write the state to changelogs with msgspec, which
+#: reads those types to decode it.
+CORE = ("changes", "dedup", "steps", "audit", "engine", "fold")
 #: Written by ``make compile`` beside the extension modules: ``<sha256>  <module>.py`` lines.
 BUILD_RECORD = "compiled.sha256"
 
