@@ -1,6 +1,6 @@
 """`yibao report audit`: the page a bureau auditor reads for a region and a month.
 
-Four sections, each a DuckDB query over the projection (audit.md "Tier C"), written as CSV
+Five sections, each a DuckDB query over the projection (audit.md "Tier C"), written as CSV
 and Parquet beside the HTML, and charted with Plotly (plotly.js inline, so the file opens
 offline):
 
@@ -9,7 +9,9 @@ offline):
    province; an outlier has at least 20 claims and a mean above 1.5 × its peers' median;
 2. **flags** by facility and rule, with the money at risk (``amount_fen``);
 3. **the open case queue**: flags nobody has reviewed yet, largest first;
-4. **recoveries**: what confirmed cases claw back, by facility.
+4. **facility patterns** (tier B): group admissions and daily spikes whose window touches
+   the month, at facilities treating in the region;
+5. **recoveries**: what confirmed cases claw back, by facility.
 """
 
 from __future__ import annotations
@@ -92,6 +94,21 @@ def open_cases_query(region: str, month: str) -> str:
         ORDER BY amount_fen DESC, service_date, flag_id"""
 
 
+def facility_flags_query(region: str, month: str) -> str:
+    """Tier B: facility patterns (group admissions, daily spikes) whose window touches
+    ``month``, at facilities treating in ``region``."""
+    check_month(month)
+    return f"""
+        WITH treating AS (SELECT DISTINCT facility_id FROM visit_events
+                          WHERE {region_predicate('facility_region', region)})
+        SELECT f.rule, f.severity, f.facility_id, f.window_start, f.window_end, f.count AS claims,
+               f.amount_fen, f.detail
+        FROM facility_flags_current f JOIN treating USING (facility_id)
+        WHERE strftime(f.window_start, '%Y-%m') <= {sql_literal(month)}
+              AND strftime(f.window_end, '%Y-%m') >= {sql_literal(month)}
+        ORDER BY f.amount_fen DESC, f.facility_id, f.window_start, f.rule"""
+
+
 def recoveries_query(region: str, month: str) -> str:
     check_month(month)
     return f"""
@@ -132,6 +149,8 @@ def write_audit_report(con: duckdb.DuckDBPyConnection, out_dir: str | Path, regi
             ("flags", "Flags by facility and rule, with the money at risk",
              flags_query(region, month)),
             ("open_cases", "Open case queue", open_cases_query(region, month)),
+            ("facility_flags", "Facility patterns (tier B): group admissions and daily spikes",
+             facility_flags_query(region, month)),
             ("recoveries", "Recoveries of confirmed cases", recoveries_query(region, month))):
         rel = con.sql(query)
         sections.append(Section(name, title, list(rel.columns), rel.fetchall()))
@@ -140,7 +159,7 @@ def write_audit_report(con: duckdb.DuckDBPyConnection, out_dir: str | Path, regi
         con.execute(f"COPY ({query}) TO {sql_literal(out / f'{stem}-{name}.parquet')} "
                     "(FORMAT parquet)")
     figures = [_peer_figure(sections[0]), _flags_figure(sections[1]),
-               _recoveries_figure(sections[3])]
+               _recoveries_figure(sections[4])]
     page = out / f"{stem}.html"
     page.write_text(_page(f"Fund audit, region {region}, {month}", figures, sections),
                     encoding="utf-8")

@@ -18,6 +18,7 @@ from yibao.projections.reports import chart_html, daily_payouts
 from yibao.projections.store import Store
 from yibao.projections.transform import Rec, Transform
 from yibao.rules.engine import Engine
+from yibao.rules.facility_audit import FacilityWindows
 from yibao.rules.fold import DeadLetter, Fold
 from yibao.rules.policy import load_policy
 from yibao.schemas.codec import Codec
@@ -61,9 +62,14 @@ def projection(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "occurred_at": "2025-06-20T10:00:00+08:00", "source": "auditor",
             "person_id": flags[0]["person_id"], "flag_id": flag, "outcome": outcome,
             "recovered_fen": money, "reviewer": "AUD-1"}).encode())
+    windows = FacilityWindows()  # tier B over the same settlements, as the audit stage
+    audit: list[Rec] = []
+    for rec in outs:
+        for flag in windows.feed(codec.decode_output(rec.value)):
+            audit.append(Rec(0, len(audit), rec.timestamp, codec.encode(flag)))
     db = folder / "p.duckdb"
     with Store(db) as s:
-        s.write(Transform("k").batch(ledger, outs), {})
+        s.write(Transform("k").batch(ledger, outs, audit=audit), {})
     return db
 
 
@@ -79,7 +85,7 @@ def test_the_report_files_and_their_content(projection: Path, tmp_path: Path) ->
     con = duckdb.connect(str(projection), read_only=True)
     region, month = _region_month(con)
     page = write_audit_report(con, tmp_path, region, month)
-    for section in ("peers", "flags", "open_cases", "recoveries"):
+    for section in ("peers", "flags", "open_cases", "facility_flags", "recoveries"):
         csv = tmp_path / f"audit-{region}-{month}-{section}.csv"
         parquet = csv.with_suffix(".parquet")
         assert csv.exists() and parquet.exists()
@@ -92,7 +98,25 @@ def test_the_report_files_and_their_content(projection: Path, tmp_path: Path) ->
                    f"'{region}' AND strftime(service_date, '%Y-%m') = '{month}' "
                    "AND state <> 'unknown_flag'").fetchall()[0]
     assert flags == want
+    # tier B: the region and month with the most facility flags, against a plain query
+    fregion, fmonth, n = con.execute(
+        "SELECT v.facility_region, strftime(f.window_start, '%Y-%m'), count(DISTINCT f.event_id) "
+        "FROM facility_flags_current f JOIN visit_events v USING (facility_id) "
+        "GROUP BY ALL ORDER BY 3 DESC LIMIT 1").fetchall()[0]
+    assert n > 0  # the generated group admissions and spikes raised some
+    write_audit_report(con, tmp_path / "tier-b", fregion, fmonth)
+    facility = con.execute(
+        "SELECT rule, facility_id, window_start, window_end FROM "
+        f"'{tmp_path / 'tier-b' / f'audit-{fregion}-{fmonth}-facility_flags.parquet'}'"
+    ).fetchall()
+    want_facility = con.execute(
+        "SELECT rule, facility_id, window_start, window_end FROM facility_flags_current "
+        "WHERE facility_id IN (SELECT facility_id FROM visit_events WHERE "
+        f"facility_region = '{fregion}') AND strftime(window_start, '%Y-%m') <= '{fmonth}' "
+        f"AND strftime(window_end, '%Y-%m') >= '{fmonth}'").fetchall()
+    assert len(facility) >= n and sorted(facility) == sorted(want_facility)
     html = page.read_text()
+    assert "Facility patterns (tier B)" in html
     assert "Peer comparison" in html and "Open case queue" in html and "plotly" in html
     peers = con.execute(
         "SELECT claims, outlier, mean_total_fen, peer_median_total_fen, mean_fund_fen, "
