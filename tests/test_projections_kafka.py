@@ -230,11 +230,14 @@ def test_reconcile_finds_planted_difference_and_policy_whatif(
     assert planted
     runner = CliRunner()
     env = env_for(kafka_settings, tmp_path / "unused.duckdb")
-    res = runner.invoke(cli, ["reconcile"], env=env)
+    res = runner.invoke(cli, ["reconcile", "--jobs", "1"], env=env)
     assert res.exit_code == 1, res.output
     assert f"{planted[0]}: differs" in res.output
     assert "amounts.basic_fund" in res.output and "amounts.cash_due" in res.output
     assert " 1 differences" in res.output
+    for jobs in ("3", "0"):  # partition ranges in processes: the same report, line for line
+        parallel = runner.invoke(cli, ["reconcile", "--jobs", jobs], env=env)
+        assert (parallel.exit_code, parallel.output) == (1, res.output)
 
     base, whatif = tmp_path / "base.duckdb", tmp_path / "whatif.duckdb"
     res = runner.invoke(cli, ["replay", "--into", str(base), "--quiet"], env=env)

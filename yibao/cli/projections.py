@@ -210,15 +210,19 @@ def verify(a: str, b: str, rows: int, positions: bool) -> None:
 @setting_option("--policy", "policy_path", setting="policy", type=click.Path(dir_okay=False, exists=True),
                 help="Policy the pipeline ran with [default: national].")
 @click.option("--limit", type=int, default=50, help="Differences to list at most.")
+@click.option("--jobs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes over ledger partition ranges (0 = the cores this process may "
+              "use); the result is the same for any number.")
 @click.pass_obj
-def reconcile(settings: Settings, policy_path: str | None, limit: int) -> None:
+def reconcile(settings: Settings, policy_path: str | None, limit: int, jobs: int) -> None:
     """Re-run the pure engine over the ledger and compare with the recorded settlements,
     listing every difference; exit 1 if there is one."""
-    from yibao.projections.audit import reconcile as run_reconcile
-    from yibao.rules.policy import load_policy
+    from yibao.projections.audit import reconcile_parallel
+    from yibao.projections.parallel import cores
 
     try:
-        res = run_reconcile(settings, load_policy(policy_path) if policy_path else None)
+        res = reconcile_parallel(settings, policy_path, jobs or cores())
+        res.differences.sort(key=lambda d: d.partition)
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
     for d in res.differences[:limit]:
