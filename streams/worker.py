@@ -120,6 +120,7 @@ async def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     tasks = [asyncio.create_task(s.run(), name=s.name) for s in stages]
     pauses = GcPauses()
     gc.callbacks.append(pauses)
+    gc.set_threshold(*GC_THRESHOLDS)
     freezer = asyncio.create_task(freeze_long_lived(), name="gc-freeze")
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     for t in done:
@@ -134,13 +135,21 @@ async def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     log.info("worker.gc", **pauses.summary())
 
 
-async def freeze_long_lived(every: float = 5.0, full_every: float = 3600.0) -> None:
+#: The cyclic GC's thresholds in the worker: a young generation of 10,000 objects instead
+#: of 700. A checkout allocates hundreds of short-lived objects (decoded events, steps'
+#: intermediates, outputs) that reference counting frees anyway; with the default the
+#: collector ran ~100 times a second, and every tenth young collection promoted survivors
+#: that soon triggered a full one. Measured side by side in docs/benchmarks.md.
+GC_THRESHOLDS = (10_000, 20, 100)
+
+
+async def freeze_long_lived(every: float = 1.0, full_every: float = 3600.0) -> None:
     """Keep the state tables out of the cyclic GC's full collections.
 
     The tables are hundreds of thousands of long-lived objects and a full collection walks
     them all with the event loop stopped: 35-85 ms a time in ``make bench-live``, a dozen
     times a run, each one landing in the latency of the checkouts waiting at that moment
-    (the p99). Every few seconds everything alive moves to the permanent generation
+    (the p99). Every second everything alive moves to the permanent generation
     (``gc.freeze``), so full collections only walk what is younger. Frozen objects are still
     freed by reference counting (the state has no reference cycles); once an hour
     everything is unfrozen and collected in full, so a cycle frozen by chance is not kept.
