@@ -401,13 +401,9 @@ def main() -> None:
         with contextlib.suppress(KeyboardInterrupt):
             run_child(args)
         return
-    try:
-        import uvloop
+    import bench_live
 
-        line = uvloop.run(main_async(args))
-    except ImportError:
-        line = asyncio.run(main_async(args))
-    print(line)
+    print(bench_live.run_fast(main_async(args)))
 
 
 if __name__ == "__main__":

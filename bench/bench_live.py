@@ -27,9 +27,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -371,13 +372,16 @@ def main() -> None:
     ap.add_argument("--merge-wait-ms", type=int, default=None,
                     help="the workers' YIBAO_MERGE_WAIT_MS (default: the worker's default)")
     args = ap.parse_args()
+    print(run_fast(main_async(args)))
+
+
+def run_fast(coro: Coroutine[Any, Any, str]) -> str:
+    """Run a benchmark's main coroutine on uvloop where it is installed (as the worker does)."""
     try:
         import uvloop
-
-        line = uvloop.run(main_async(args))
     except ImportError:
-        line = asyncio.run(main_async(args))
-    print(line)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 if __name__ == "__main__":
