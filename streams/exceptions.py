@@ -16,3 +16,8 @@ class StoreError(StreamsError, OSError):
 
 class NoSuchTopic(StreamsError, LookupError):
     """A topic the pipeline needs is not on the broker; the message names it."""
+
+
+class StageStalled(StreamsError, TimeoutError):
+    """A batch outlived what its transaction could (the Kafka client stopped answering);
+    the message names the stage. The worker exits so its supervisor starts a fresh one."""

@@ -44,6 +44,7 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from yibao.metrics import COMMIT_SECONDS, LAG, RECORDS_IN, TRANSACTION_SECONDS
+from yibao.streams.exceptions import StageStalled
 from yibao.streams.kafka.changelog import encode_position, position_key
 from yibao.streams.kafka.clients import StageConfig, log, make_consumer, make_producer
 from yibao.streams.kafka.outbox import Outbox, Sent
@@ -216,7 +217,7 @@ class TxnStage:
                 )
                 t1 = time.perf_counter()
                 async with self.lock:
-                    await self.step(batch)
+                    await self.step_within_transaction_life(batch)
                 t2 = time.perf_counter()
                 timing["poll"] += t1 - t0
                 timing["step"] += t2 - t1
@@ -246,6 +247,22 @@ class TxnStage:
             log.info(f"{self.name}.stopped", batches=self.batches, records=self.records,
                      seconds={k: round(v, 3) for k, v in self.timing.items()},
                      step_ms=percentiles(self.step_times), **self.extra_stats())
+
+    async def step_within_transaction_life(self, batch: dict[TopicPartition, list[Any]]
+                                           ) -> None:
+        """:meth:`step`, given up after twice the transaction timeout. By then the broker
+        has aborted the batch's transaction, so nothing of it can commit; a step still
+        waiting is waiting on a Kafka client that will never answer (aiokafka's sender task
+        can die on a connection error during a broker restart, leaving the transaction's
+        futures unresolved, aio-libs/aiokafka#1151). Exiting lets the supervisor start a
+        worker that fences this one and resumes from the last commit."""
+        limit = 2 * self.cfg.transaction_timeout_ms / 1000
+        try:
+            await asyncio.wait_for(self.step(batch), limit)
+        except TimeoutError:
+            log.error(f"{self.name}.stalled", seconds=limit)
+            raise StageStalled(f"{self.name}: a batch took more than {limit:.0f} s, twice the "
+                               "transaction timeout; the Kafka client is stuck") from None
 
     def extra_stats(self) -> dict[str, Any]:
         return {}
