@@ -33,7 +33,10 @@ def _settle(tmp: Path, log: Path, jobs: int, *extra: str,
             "--deadletter", str(dl), *extra]
     result = CliRunner().invoke(cli, args, input=stdin)
     assert result.exit_code == 0, result.output
-    counts = result.stderr.split(";")[0] + result.stderr.split(";")[1].split("(")[0]
+    # Only the summary line: the pytest process may log unrelated warnings (an earlier
+    # test's producer finalised by the collector) into the same captured stderr.
+    summary = next(line for line in result.stderr.splitlines() if line.startswith("settle:"))
+    counts = summary.split(";")[0] + summary.split(";")[1].split("(")[0]
     return (hashlib.sha256(result.stdout_bytes).hexdigest(),
             hashlib.sha256(dl.read_bytes()).hexdigest(), counts)
 

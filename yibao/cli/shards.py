@@ -66,6 +66,7 @@ def _fold_shard(path: str, lines: Callable[[IO[bytes]], Iterator[bytes]],
                 out_path: str) -> None:
     from yibao.cli.filemode import dead_letter_record
 
+    gc.freeze()  # what the fork inherited is not this process's to collect or finalise
     fold = make_fold()
     encoder = msgspec.json.Encoder()
     frame = _FRAME.pack
