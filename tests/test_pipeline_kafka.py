@@ -502,7 +502,7 @@ def test_a_hand_over_still_being_committed_does_not_fence_the_live_owner(
             with pytest.raises(ProducerFenced):
                 await dead.commit_transaction()
         finally:
-            for p in (old, dead, new.producer):
+            for p in (old, dead, new.producer, new.consumer):
                 with contextlib.suppress(Exception):
                     await p.stop()
             new.close()
