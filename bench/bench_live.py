@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -224,6 +225,32 @@ async def latency(settings: Settings, lines: list[bytes], checkouts_per_s: float
     )
 
 
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` (a JVM's threads are tasks of their own)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def pin_apart(workers: list[int], broker: int | None) -> tuple[set[int], set[int]]:
+    """The workers on the last core; this process and the broker on the others."""
+    every = sorted(os.sched_getaffinity(0))
+    if len(every) < 2:
+        raise SystemExit("--pin needs at least two cores")
+    mine, rest = {every[-1]}, set(every[:-1])
+    for pid in workers:
+        _set_affinity(pid, mine)
+    for pid in [os.getpid()] + ([broker] if broker is not None else []):
+        _set_affinity(pid, rest)
+    return mine, rest
+
+
+def unpin(pids: list[int]) -> None:
+    every = set(range(os.cpu_count() or 1))
+    for pid in pids:
+        _set_affinity(pid, every)
+
+
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU seconds of each process so far (Linux /proc; missing ones left out)."""
     hz = os.sysconf("SC_CLK_TCK")
@@ -305,6 +332,11 @@ async def main_async(args: argparse.Namespace) -> str:
     else:
         procs = [spawn(settings, worker_id="bench", log_file=logdir / "worker.log", env=env)]
     print(f"  workers: {len(procs)} process(es), logs in {logdir}", file=sys.stderr)
+    broker_pid = LocalBroker(BrokerConfig.from_settings(settings)).status().pid
+    if args.pin:
+        pinned = pin_apart([p.pid for p in procs], broker_pid)
+        print(f"  pinned: worker(s) on cpu {pinned[0]}, benchmark and broker on {pinned[1]}",
+              file=sys.stderr)
     try:
         await publish_lines(settings, warm)
         await count_until(settings, Topics.of(settings).settlements, n_warm, 60)
@@ -326,7 +358,6 @@ async def main_async(args: argparse.Namespace) -> str:
         gc.freeze()
         gc.disable()
         pids = {f"worker {i}": p.pid for i, p in enumerate(procs)} | {"benchmark": os.getpid()}
-        broker_pid = LocalBroker(BrokerConfig.from_settings(settings)).status().pid
         if broker_pid is not None:  # our local broker (not one in Docker or elsewhere)
             pids["broker"] = broker_pid
         cpu0, t0 = cpu_seconds(pids), time.monotonic()
@@ -349,6 +380,8 @@ async def main_async(args: argparse.Namespace) -> str:
     finally:
         for proc in procs:
             terminate(proc)
+        if args.pin:
+            unpin([os.getpid()] + ([broker_pid] if broker_pid is not None else []))
         stage_report(logdir)
     # 2. raw ceiling on the same input records
     raw = await raw_ceiling(settings, len(warm) + len(log))
@@ -369,6 +402,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--split", action=argparse.BooleanOptionalAction, default=False,
                     help="run the sequencer and the processor in separate processes")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=False,
+                    help="give the worker(s) the last core and this process and the local "
+                         "broker the others, as if the broker and the hospitals were on "
+                         "other machines (Linux; the broker's affinity is restored after)")
     ap.add_argument("--merge-wait-ms", type=int, default=None,
                     help="the workers' YIBAO_MERGE_WAIT_MS (default: the worker's default)")
     args = ap.parse_args()
