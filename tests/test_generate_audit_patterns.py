@@ -163,3 +163,32 @@ def test_the_same_code_used_wrongly_is_blocked() -> None:
     rejected = [o for o in mine if isinstance(o, ClaimRejected)]
     assert rejected and rejected[0].reason == "AUDIT_BLOCK"
     assert [o.rule for o in mine if isinstance(o, AuditFlagRaised)][:1] == ["SEX_RESTRICTED"]
+
+
+def test_incubator_days_and_dialysis_sessions_pass_when_right_and_block_when_wrong(
+        log: list[bytes], outputs: list[OutputEvent]) -> None:
+    """SVC-NEONATAL (age 0, inpatient, level 2+, one a day) for infants in hospital passes,
+    billed to an adult's stay it is AGE_RESTRICTED; SVC-HEMODIALYSIS once a day passes,
+    twice on a one-day visit is UNITS_PER_DAY. Both are absolute: a wrong use blocks."""
+    decoder = msgspec.json.Decoder()
+    code_of: dict[tuple[str, str], str] = {}
+    uses: Counter[str] = Counter()
+    for line in log:
+        e = decoder.decode(line)
+        if e["type"] == "ItemsCharged":
+            for item in e["items"]:
+                code_of[e["visit_id"], item["line_id"]] = item["code"]
+                uses[item["code"]] += 1
+    assert uses["SVC-NEONATAL"] and uses["SVC-HEMODIALYSIS"]
+    flagged: Counter[tuple[str, str, str]] = Counter()
+    for f in flags(outputs):
+        for code in {code_of.get((f.visit_id, lid)) for lid in f.line_ids}:
+            if code in ("SVC-NEONATAL", "SVC-HEMODIALYSIS"):
+                flagged[code, f.rule, f.severity] += 1
+    # only the wrong uses are flagged, with the rule they break, and they block
+    assert set(flagged) == {("SVC-NEONATAL", "AGE_RESTRICTED", "block"),
+                            ("SVC-HEMODIALYSIS", "UNITS_PER_DAY", "block")}, flagged
+    # and the right uses (a flag names one use: one line, or a code's lines of one visit)
+    for code in ("SVC-NEONATAL", "SVC-HEMODIALYSIS"):
+        wrong = sum(n for (c, _r, _s), n in flagged.items() if c == code)
+        assert uses[code] > wrong, (code, uses[code], wrong)

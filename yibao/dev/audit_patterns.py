@@ -40,7 +40,7 @@ from yibao.dev.generate import (
 if TYPE_CHECKING:
     from yibao.dev.generate import _Generator, _Household
 
-__all__ = ["plan_facility_patterns", "plan_person_patterns"]
+__all__ = ["plan_birth_patterns", "plan_facility_patterns", "plan_person_patterns"]
 
 # ------------------------------------------------------------------- rates (per year)
 
@@ -52,6 +52,8 @@ P_CHEST_CT = 0.05  # adults 40+
 P_HEAD_MRI = 0.03  # adults 30+
 P_HBA1C_QUARTERLY = 0.7  # diabetics
 P_PROSTATECTOMY = 0.01  # men 60+
+P_NEONATAL_CARE = 0.08  # per infant: an incubator stay in the first year
+P_DIALYSIS_SESSION = 0.6  # dialysis patients: a session billed under the catalog code
 P_READMISSION = (0.003, 0.012)  # under 60, 60+; about a third after the 15-day window
 P_OVERLAPPING_STAYS = 0.002  # adults 45+
 P_OUTPATIENT_DURING_STAY = 0.004  # adults 18+
@@ -64,6 +66,8 @@ HOUSEHOLDS_PER_DAILY_SPIKE = 800  # per year
 # The inpatient diagnoses of the table without surgery: pneumonia, stroke, chronic disease.
 _MEDICAL_DX = [d for d in _INPATIENT_DX if d.surgery is None]
 _BPH = _InpatientDx(("N40",), 12000, 0.3, 0.6, None, 6, 0.0)  # prostatectomy: the lines are steered
+#: an infant's stay: neonatal jaundice, preterm care (the incubator days are steered)
+_NEONATAL = _InpatientDx(("P59.9", "P07.3"), 8000, 0.4, 0.6, None, 5, 0.0)
 
 Rng = random.Random
 Pattern = Callable[["_Household", Rng, _Person], None]
@@ -161,6 +165,39 @@ def restricted_codes_used_rightly(h: _Household, rng: Rng, p: _Person) -> None:
             _stay(h, rng, p, day, fac, _BPH, "N40", rng.randrange(4, 9), extra)
 
 
+def incubator_days_for_an_infant(h: _Household, rng: Rng, p: _Person) -> None:
+    """An infant in hospital in its first year (after its registration, which comes 7 to
+    60 days after birth), one incubator day per day in a level-2 or -3 hospital: within
+    SVC-NEONATAL's age, level, setting and daily limit."""
+    g = h.gen
+    if p.birth + 330 <= max(g.start_day, h.reg_day) or not rng.random() < P_NEONATAL_CARE:
+        return
+    days = rng.randrange(2, 7)
+    lo = max(g.start_day, h.reg_day + 2, p.eff, p.birth + 62)
+    # discharged (the service date) well before the first birthday
+    hi = min(g.end_day - days - 1, p.birth + 330 - days)
+    if p.death is not None:
+        hi = min(hi, p.death - days - 1)
+    if lo >= hi:
+        return
+    day = rng.randrange(lo, hi)
+    fac = _facility(rng, p.region, (2, 3))
+    _stay(h, rng, p, day, fac, _NEONATAL, rng.choice(_NEONATAL.codes), days,
+          _lines(fac, ("SVC-NEONATAL", days)))
+
+
+def dialysis_session_by_catalog_code(h: _Household, rng: Rng, p: _Person) -> None:
+    """A dialysis patient's session billed under the catalog's SVC-HEMODIALYSIS (the usual
+    special-disease visits bill the national code, several sessions a visit): one session,
+    one day, a level-2 or -3 hospital."""
+    if p.special != "DIALYSIS" or not rng.random() < P_DIALYSIS_SESSION:
+        return
+    day = _start_day(h, rng, p, 1)
+    if day is not None:
+        _outpatient(h, rng, p, day, _facility(rng, p.region, (2, 3)), ("N18.6",),
+                    ("SVC-HEMODIALYSIS", 1))
+
+
 def hba1c_every_quarter(h: _Household, rng: Rng, p: _Person) -> None:
     """A diabetic's glycated haemoglobin every three months: outside LAB-HBA1C's 60 days."""
     day = _start_day(h, rng, p, 1)
@@ -182,9 +219,10 @@ def restricted_code_used_wrongly(h: _Household, rng: Rng, p: _Person) -> None:
         return
     age = p.age(day)
     region = p.region
-    variants = ["sex", "level", "setting", "bed_days", "anaesthesia", "ct_per_day"]
+    variants = ["sex", "level", "setting", "bed_days", "anaesthesia", "ct_per_day",
+                "dialysis_per_day"]
     if age >= 18:
-        variants.append("age")
+        variants += ["age", "incubator_age"]
     variant = rng.choice(variants)
     if variant == "sex":
         code = "LAB-PSA" if p.sex == "F" else "LAB-HCG"
@@ -204,6 +242,15 @@ def restricted_code_used_wrongly(h: _Household, rng: Rng, p: _Person) -> None:
         dx = rng.choice(_MEDICAL_DX)
         _stay(h, rng, p, day, fac, dx, rng.choice(dx.codes), rng.randrange(3, 9),
               _lines(fac, ("SVC-BED-WARD", rng.randrange(2, 5))))
+    elif variant == "dialysis_per_day":  # two sessions on one day: one is not possible
+        _outpatient(h, rng, p, day, _facility(rng, region, (2, 3)), ("N18.6",),
+                    ("SVC-HEMODIALYSIS", 2))
+    elif variant == "incubator_age":  # an adult's stay billed incubator days
+        fac = _facility(rng, region, (2, 3))
+        dx = rng.choice(_MEDICAL_DX)
+        days = rng.randrange(3, 9)
+        _stay(h, rng, p, day, fac, dx, rng.choice(dx.codes), days,
+              _lines(fac, ("SVC-NEONATAL", days)))
     elif variant == "anaesthesia":
         _outpatient(h, rng, p, day, _facility(rng, region, (2, 3)), ("T14.1",),
                     ("SVC-ANES-MONITOR", rng.randrange(26, 40)), kind="emergency")
@@ -326,7 +373,16 @@ _PERSON_PATTERNS: tuple[Pattern, ...] = (
     repeat_test,
     doctor_shopping,
     death_registered_late,
+    incubator_days_for_an_infant,
+    dialysis_session_by_catalog_code,
 )
+
+
+def plan_birth_patterns(h: _Household, baby: _Person) -> None:
+    """The patterns of a child born in the log's period (planned after the household's
+    persons), from a random generator of their own."""
+    rng = random.Random(f"yibao-generate:{h.gen.seed}:{h.idx}:audit-birth")
+    incubator_days_for_an_infant(h, rng, baby)
 
 
 def plan_person_patterns(h: _Household) -> None:

@@ -851,6 +851,10 @@ class _Household:
         reg = _at_local(birth + rng.randrange(7, 60), rng.randrange(8 * HOUR_MS, 18 * HOUR_MS))
         self.at(reg, self._a_register, baby)
         self._start_streams(baby, _at_local(birth + 3, 9 * HOUR_MS))
+        if self.gen.audit_patterns:
+            from yibao.dev.audit_patterns import plan_birth_patterns
+
+            plan_birth_patterns(self, baby)
 
     def _plan_oddities(self, reg_day: int) -> None:
         """Well-formed events that the rules reject (EventRejected), at low rates."""
