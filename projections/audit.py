@@ -19,6 +19,7 @@ from yibao.rules.engine import Engine
 from yibao.rules.policy import Policy, load_policy
 from yibao.schemas.codec import Codec
 from yibao.settings import Settings
+from yibao.streams.kafka.clients import start_client
 from yibao.streams.topics import Topics
 
 # ------------------------------------------------------------------------------ verify
@@ -120,7 +121,7 @@ class ReconcileResult:
 async def _read_all(settings: Settings, roles: dict[str, str], span: Span | None = None
                     ) -> dict[str, dict[int, list[Any]]]:
     consumer = consumer_for(settings)
-    await consumer.start()
+    await start_client(consumer)
     try:
         tps = await assign(consumer, roles, 10.0, span)
         for tp in tps:
@@ -168,7 +169,7 @@ def _reconcile_span(settings: Settings, policy_path: str | None, span: Span) -> 
 
 async def _ledger_partitions(settings: Settings) -> int:
     consumer = consumer_for(settings)
-    await consumer.start()
+    await start_client(consumer)
     try:
         roles = await assign(consumer, {"ledger": Topics.of(settings).ledger}, 10.0)
         return len(roles)

@@ -33,6 +33,7 @@ from yibao.projections.runner import RunOptions, RunStats, assign, consumer_for,
 from yibao.projections.store import Offsets, Store
 from yibao.projections.transform import Transform
 from yibao.settings import Settings
+from yibao.streams.kafka.clients import start_client
 
 
 class PartJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,7 +107,7 @@ async def read_layout(settings: Settings, whatif: bool, wait: float = 60.0
     """(ledger partitions, end offsets of every partition a replay reads) right now."""
     names = topic_roles(settings, whatif)
     consumer = consumer_for(settings)
-    await consumer.start()
+    await start_client(consumer)
     try:
         roles = await assign(consumer, names, wait)
         end = await consumer.end_offsets(list(roles))

@@ -43,6 +43,7 @@ from yibao.rules.policy import Policy
 from yibao.schemas.codec import Codec
 from yibao.settings import Settings
 from yibao.streams.cores import is_replay
+from yibao.streams.kafka.clients import start_client
 from yibao.streams.kafka.options import client_options
 from yibao.streams.topics import Topics
 
@@ -135,7 +136,7 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
     whatif = _WhatIf(opts.policy) if opts.policy is not None else None
     stats = RunStats()
     consumer = consumer_for(settings)
-    await consumer.start()
+    await start_client(consumer)
     started = time.monotonic()
     try:
         roles = await assign(consumer, names, opts.topic_wait, opts.partitions)
@@ -298,7 +299,7 @@ async def raw_consume(settings: Settings, roles: tuple[str, ...] = ROLES,
     t = Topics.of(settings)
     names = {r: t.name(r) for r in roles}
     consumer = consumer_for(settings)
-    await consumer.start()
+    await start_client(consumer)
     try:
         tps = await assign(consumer, names, 10.0)
         for tp in tps:

@@ -25,6 +25,7 @@ from yibao.schemas.codec import Codec
 from yibao.schemas.events import OutputEvent
 from yibao.settings import Settings
 from yibao.streams.cores import REPLAY_HEADER, DeadLetterAppend, ProcessorCore, SequencerCore
+from yibao.streams.kafka.clients import start_client
 from yibao.streams.kafka.io import SendWindow
 from yibao.streams.kafka.options import client_options
 from yibao.streams.merge import TP, Record
@@ -53,7 +54,7 @@ async def simulate(settings: Settings, lines: Iterable[bytes], *, policy: Policy
     producer = AIOKafkaProducer(**client_options(settings), acks="all",
                                 linger_ms=20, max_batch_size=1024 * 1024,
                                 max_request_size=8 * 1024 * 1024)
-    await producer.start()
+    await start_client(producer)
     counts = {"ledger": 0, "settlements": 0, "deadletter": 0}
     window = SendWindow(producer, chunk, on_progress)
     now = time.monotonic()

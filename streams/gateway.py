@@ -35,6 +35,7 @@ from yibao.schemas.events import ClaimRejected, ClaimSettled, EventRejected, Inp
 from yibao.schemas.exceptions import SchemaError
 from yibao.settings import Settings
 from yibao.streams.exceptions import NoSuchTopic
+from yibao.streams.kafka.clients import start_client
 from yibao.streams.kafka.options import client_options
 from yibao.streams.publish import new_publisher_id, order_headers
 from yibao.streams.topics import INPUTS, Topics
@@ -80,7 +81,7 @@ class Gateway:
         parts = await self._producer.partitions_for(topic)
         if not parts:
             raise NoSuchTopic(f"no topic {topic}: run `yibao topics create` first")
-        await consumer.start()
+        await start_client(consumer)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)

@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from yibao.schemas.events import TOPIC_OF
 from yibao.settings import Settings
 from yibao.streams.exceptions import NoSuchTopic
+from yibao.streams.kafka.clients import start_client
 from yibao.streams.kafka.exceptions import ReadTimeout
 from yibao.streams.kafka.io import SendWindow
 from yibao.streams.kafka.options import client_options
@@ -126,7 +127,7 @@ async def publish_lines(
     if linger_ms is not None:
         config["linger_ms"] = linger_ms
     producer = AIOKafkaProducer(**config)
-    await producer.start()
+    await start_client(producer)
     for short in INPUTS:  # metadata first, so no topic's first batch lags the others
         await producer.partitions_for(topics.name(short))
     counts: dict[str, int] = {}
@@ -174,7 +175,7 @@ async def read_topic(settings: Settings, topic: str, *, timeout: float = 60.0
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
-    await consumer.start()
+    await start_client(consumer)
     try:
         parts = consumer.partitions_for_topic(topic)
         if parts is None:

@@ -149,10 +149,22 @@ def stop_later(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
     task.add_done_callback(_closing.discard)
 
 
+async def start_client(client: _Client) -> _Client:
+    """Start ``client``; one that cannot start (the broker refuses or cannot be reached) is
+    stopped before the error goes up, rather than left half-open for the collector."""
+    try:
+        await client.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise
+    return client
+
+
 @contextlib.asynccontextmanager
 async def short_lived(client: _Client) -> AsyncIterator[_Client]:
     """Start ``client`` for one read or one fence; :func:`stop_later` it afterwards."""
-    await client.start()
+    await start_client(client)
     try:
         yield client
     finally:

@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from yibao.streams.kafka.admin import create_topics
+from yibao.streams.kafka.clients import start_client
 from yibao.streams.kafka.options import KafkaTarget, client_options
 
 __all__ = ["SendWindow", "as_bytes", "consume", "create_topics", "produce"]
@@ -37,7 +38,7 @@ async def produce(
 ) -> int:
     """Send ``(key, value)`` records to ``topic`` (acks=all) and flush; return how many."""
     producer = AIOKafkaProducer(**client_options(bootstrap), acks="all", **producer_config)
-    await producer.start()
+    await start_client(producer)
     n = 0
     try:
         futures = []
@@ -113,7 +114,7 @@ async def consume(
         enable_auto_commit=False,
         **consumer_config,
     )
-    await consumer.start()
+    await start_client(consumer)
     records: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout
     try:

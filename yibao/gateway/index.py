@@ -33,6 +33,7 @@ from yibao.schemas.codec import Codec
 from yibao.schemas.events import InputEvent, VisitOpened
 from yibao.schemas.exceptions import SchemaError
 from yibao.settings import Settings
+from yibao.streams.kafka.clients import start_client
 from yibao.streams.kafka.options import client_options
 from yibao.streams.topics import INPUTS, Topics
 
@@ -184,7 +185,7 @@ class Follower:
         consumer = AIOKafkaConsumer(**client_options(self.settings), group_id=None,
                                     enable_auto_commit=False, isolation_level="read_committed",
                                     auto_offset_reset="earliest", fetch_max_wait_ms=5)
-        await consumer.start()
+        await start_client(consumer)
         try:
             consumer.assign(tps)
             known = self.index.positions()
