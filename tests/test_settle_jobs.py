@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import yibao.cli.filemode as filemode
+import yibao.cli.shards as shards
 from yibao.cli import main as cli
 from yibao.dev.generate import GenerateConfig, generate_to_path
 from yibao.rules.shard import Router
@@ -35,7 +37,7 @@ def _settle(tmp: Path, log: Path, jobs: int, *extra: str,
     assert result.exit_code == 0, result.output
     # Only the summary line: the pytest process may log unrelated warnings (an earlier
     # test's producer finalised by the collector) into the same captured stderr.
-    summary = next(line for line in result.stderr.splitlines() if line.startswith("settle:"))
+    summary = next(line for line in result.stderr.splitlines() if line.startswith("settle: read"))
     counts = summary.split(";")[0] + summary.split(";")[1].split("(")[0]
     return (hashlib.sha256(result.stdout_bytes).hexdigest(),
             hashlib.sha256(dl.read_bytes()).hexdigest(), counts)
@@ -76,12 +78,21 @@ def test_a_generated_log_with_malformed_and_repeated_lines_settles_the_same_shar
 
 
 @pytest.mark.usefixtures("shard_every_log")
-def test_a_repeat_beyond_the_dedup_window_folds_in_one_process_and_agrees(
+def test_repeats_beyond_the_dedup_window_agree_in_any_number_of_processes(
         tmp_path: Path, generated: Path) -> None:
+    """With a one-day window, early events sent again weeks later in event time (some
+    forgotten by the one fold, so settled again; some still remembered, so dropped) and a
+    malformed copy: every shard keeps the whole log's window and the bytes agree."""
     lines = generated.read_bytes().splitlines(keepends=True)
-    first_visit = next(raw for raw in lines if b'"VisitOpened"' in raw)
-    log = tmp_path / "late-repeat.jsonl"
-    log.write_bytes(b"".join(lines) + first_visit)  # months later in event time
+    visits = [raw for raw in lines if b'"VisitOpened"' in raw or b'"ItemsCharged"' in raw]
+    mixed = list(lines)
+    rng = random.Random(5)
+    for k, raw in enumerate(visits[:: max(1, len(visits) // 40)]):
+        at = rng.randrange(len(mixed) // 3, len(mixed))
+        mixed.insert(at, raw if k % 5 else raw.replace(b'"event_id"', b'"event_idx"'))
+    mixed.append(visits[0])  # months later
+    log = tmp_path / "late-repeats.jsonl"
+    log.write_bytes(b"".join(mixed))
     router = Router(86_400_000)
     for raw in log.read_bytes().splitlines():
         router.add(raw)
@@ -89,8 +100,41 @@ def test_a_repeat_beyond_the_dedup_window_folds_in_one_process_and_agrees(
     one = _settle(tmp_path, log, 1, "--dedup-window-days", "1")
     result = CliRunner().invoke(cli, ["settle", str(log), "--jobs", "2", "--deadletter",
                                       str(tmp_path / "dl"), "--dedup-window-days", "1"])
-    assert "one process" in result.stderr
-    assert hashlib.sha256(result.stdout_bytes).hexdigest() == one[0]
+    assert "keeps the whole log's dedup window" in result.stderr
+    assert _settle(tmp_path, log, 2, "--dedup-window-days", "1") == one
+    assert _settle(tmp_path, log, 3, "--dedup-window-days", "1") == one
+
+
+def _visit_opened(event_id: str, person_id: str, at: str) -> bytes:
+    return json.dumps({
+        "type": "VisitOpened", "event_id": event_id, "schema_version": 1, "occurred_at": at,
+        "source": "gw-500112-13", "person_id": person_id, "visit_id": f"V-{event_id}",
+        "facility_id": "F50011231", "facility_level": 3, "facility_region": "500112",
+        "kind": "outpatient", "opened_at": at, "diagnoses": ["J20.9"],
+        "special_disease_code": None}).encode() + b"\n"
+
+
+@pytest.mark.usefixtures("shard_every_log")
+def test_a_shard_forgets_an_id_when_the_whole_log_has_moved_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Person A's event, then B's a day and an hour later, then A's event again: the one
+    fold has forgotten A's id (its newest event is B's) and folds the repeat; A's shard
+    alone would still remember it. Each shard passes the other's ids through its window."""
+    lines = [_visit_opened("E1", "PA", "2025-03-01T10:00:00+08:00"),
+             _visit_opened("E2", "PD", "2025-03-02T11:00:00+08:00"),
+             _visit_opened("E1", "PA", "2025-03-01T10:00:00+08:00")]
+    router = Router(86_400_000)
+    for raw in lines:
+        router.add(raw)
+    assert not router.window_safe
+    assert len(set(router.shards(2))) == 2  # A and B in shards of their own
+    log = tmp_path / "two-persons.jsonl"
+    log.write_bytes(b"".join(lines))
+    one = _settle(tmp_path, log, 1, "--dedup-window-days", "1")
+    assert "duplicates 0" in one[2]
+    assert _settle(tmp_path, log, 2, "--dedup-window-days", "1") == one
+    monkeypatch.setattr(shards, "pass_through_window", lambda fold, raw: None)
+    assert "duplicates 1" in _settle(tmp_path, log, 2, "--dedup-window-days", "1")[2]
 
 
 def test_a_newborn_treated_before_registration_goes_with_the_household() -> None:

@@ -107,12 +107,15 @@ def settle(
             spool = _spool_stdin()
             path = spool
         shard_of = None
+        whole_window = False
         if jobs > 1 and path is not None:
-            shard_of = route(path, _lines, int(window.total_seconds() * 1000), jobs)
-            if shard_of is not None and len(shard_of) < MIN_LINES_PER_JOB * 2:
+            shard_of, whole_window = route(path, _lines, int(window.total_seconds() * 1000),
+                                           jobs)
+            if len(shard_of) < MIN_LINES_PER_JOB * 2:
                 shard_of = None
         if shard_of is not None and path is not None:
-            counts = settle_sharded(path, _lines, make_fold, shard_of, jobs, out, dl_file)
+            counts = settle_sharded(path, _lines, make_fold, shard_of, jobs, out, dl_file,
+                                    whole_window)
         else:
             counts = _settle_one_process(path, make_fold(), out, dl_file)
     except OSError as exc:

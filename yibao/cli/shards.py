@@ -6,6 +6,12 @@ writes what each line gave (outputs or a dead letter) framed with its line numbe
 parent merges the shards' files by line. The output is the one-process output byte for
 byte, because within a component the order is the log's and across components nothing is
 shared.
+
+One thing is shared: the dedup window forgets ids by the newest event time of the whole log.
+When the router finds a repeat whose first occurrence may have left the window (a shard
+alone would see an older "newest" and might still remember it), every shard also decodes
+the other shards' lines and passes their ids through its dedup window, without folding
+them: each shard's window is then the one fold's, at every line.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import msgspec
 from yibao.cli.exceptions import ShardError
 from yibao.rules.fold import Counts, DeadLetter, Fold
 from yibao.rules.shard import Router
+from yibao.schemas.exceptions import SchemaError
 
 _FRAME = struct.Struct("<QBI")  # line, kind, payload length
 _OUTPUTS, _DEAD = 0, 1
@@ -47,23 +54,23 @@ def default_jobs() -> int:
 
 
 def route(path: Path, lines: Callable[[IO[bytes]], Iterator[bytes]], window_ms: int,
-          jobs: int) -> bytes | None:
-    """The shard of every line, or None when the log must be folded in one process."""
+          jobs: int) -> tuple[bytes, bool]:
+    """The shard of every line, and whether each shard must keep the whole log's dedup
+    window (see the module docstring)."""
     router = Router(window_ms)
     add = router.add
     with open(path, "rb") as src:
         for raw in lines(src):
             add(raw)
     if not router.window_safe:
-        print("settle: one process: an event id repeats after its first occurrence may "
-              "have left the dedup window", file=sys.stderr)
-        return None
-    return router.shards(jobs)
+        print("settle: every process keeps the whole log's dedup window: an event id "
+              "repeats after its first occurrence may have left it", file=sys.stderr)
+    return router.shards(jobs), not router.window_safe
 
 
 def _fold_shard(path: str, lines: Callable[[IO[bytes]], Iterator[bytes]],
                 make_fold: Callable[[], Fold], shard_of: bytes, shard: int,
-                out_path: str) -> None:
+                out_path: str, whole_window: bool) -> None:
     from yibao.cli.filemode import dead_letter_record
 
     gc.freeze()  # what the fork inherited is not this process's to collect or finalise
@@ -74,6 +81,8 @@ def _fold_shard(path: str, lines: Callable[[IO[bytes]], Iterator[bytes]],
     with open(path, "rb") as src, open(out_path, "wb") as out:
         for n, raw in enumerate(lines(src), 1):
             if shard_of[n - 1] != shard:
+                if whole_window:
+                    pass_through_window(fold, raw)
                 continue
             result = fold.feed(raw, n)
             if fold.counts.read % _FREEZE_EVERY == 0:
@@ -94,6 +103,17 @@ def _fold_shard(path: str, lines: Callable[[IO[bytes]], Iterator[bytes]],
                 buf.clear()
         out.write(buf)
     Path(out_path + ".counts").write_bytes(msgspec.msgpack.encode(fold.counts))
+
+
+def pass_through_window(fold: Fold, raw: bytes) -> None:
+    """What another shard's line does to this shard's dedup window in the one fold: a valid
+    event's id goes through it (a malformed line never reaches it); nothing is folded or
+    counted."""
+    try:
+        event = fold.codec.decode(raw)
+    except SchemaError:
+        return
+    fold.dedup.seen(event.event_id, event.occurred_at)
 
 
 def _frames(path: Path) -> Iterator[tuple[int, int, bytes]]:
@@ -119,7 +139,8 @@ def _add_counts(total: Counts, part: Counts) -> None:
 
 def settle_sharded(path: Path, lines: Callable[[IO[bytes]], Iterator[bytes]],
                    make_fold: Callable[[], Fold], shard_of: bytes, jobs: int,
-                   out: IO[bytes], dead: IO[bytes] | None) -> Counts:
+                   out: IO[bytes], dead: IO[bytes] | None, whole_window: bool = False
+                   ) -> Counts:
     """Fold each shard in its own process and write the merged outputs in line order."""
     ctx = (mp.get_context("fork") if "fork" in mp.get_all_start_methods()
            else mp.get_context("spawn"))
@@ -127,7 +148,8 @@ def settle_sharded(path: Path, lines: Callable[[IO[bytes]], Iterator[bytes]],
     try:
         parts = [work / f"shard-{k}" for k in range(jobs)]
         procs = [ctx.Process(target=_fold_shard, name=f"settle-shard-{k}",
-                             args=(str(path), lines, make_fold, shard_of, k, str(parts[k])))
+                             args=(str(path), lines, make_fold, shard_of, k, str(parts[k]),
+                                   whole_window))
                  for k in range(jobs)]
         for p in procs:
             p.start()
