@@ -366,9 +366,9 @@ async def main_async(args: argparse.Namespace) -> str:
     print(f"bench-anchors: {len(log):,} events ({copies} copies of the sample), "
           f"{args.partitions} partitions, broker {settings.bootstrap_servers}", file=sys.stderr)
     runs = await run_anchors(settings, log)
-    live_args = argparse.Namespace(
-        copies=copies, partitions=args.partitions, checkouts=1000.0,
-        seconds=3.0 if args.quick else 15.0, timeout=300.0, split=False, merge_wait_ms=None)
+    live_args = bench_live.parser().parse_args([
+        "--copies", str(copies), "--partitions", str(args.partitions),
+        "--seconds", "3" if args.quick else "15"])
     live_line = await bench_live.main_async(live_args)
     print(live_line, file=sys.stderr)
     yibao, live_raw = live_figures(live_line)

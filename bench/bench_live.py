@@ -392,7 +392,8 @@ async def main_async(args: argparse.Namespace) -> str:
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The options (bench-anchors runs this benchmark with them too)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=8, help="copies of the sample (14k each)")
     ap.add_argument("--partitions", type=int, default=8)
@@ -408,8 +409,11 @@ def main() -> None:
                          "other machines (Linux; the broker's affinity is restored after)")
     ap.add_argument("--merge-wait-ms", type=int, default=None,
                     help="the workers' YIBAO_MERGE_WAIT_MS (default: the worker's default)")
-    args = ap.parse_args()
-    print(run_fast(main_async(args)))
+    return ap
+
+
+def main() -> None:
+    print(run_fast(main_async(parser().parse_args())))
 
 
 def run_fast(coro: Coroutine[Any, Any, str]) -> str:
