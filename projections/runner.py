@@ -17,8 +17,10 @@ through the same transform.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +54,10 @@ from yibao.streams.topics import Topics
 class RunOptions:
     follow: bool = False  # projector: keep going; replay: stop at the end offsets
     until_ms: int | None = None  # only records with timestamp <= this
-    max_records: int = 50_000  # per write
+    max_records: int = 50_000  # per write, at most
+    #: replay: a write starts as soon as the writer is idle and this many records wait, so
+    #: DuckDB starts early and each later write takes what arrived during the one before
+    min_records: int = 20_000
     max_wait_ms: int = 300  # follow: write at least this often while records arrive
     snapshot_every: float | None = None  # follow: publish a snapshot every N seconds
     policy: Policy | None = None  # what-if: re-settle the ledger under this policy
@@ -132,6 +137,27 @@ def topic_roles(settings: Settings, whatif: bool = False) -> dict[str, str]:
 
 async def run(settings: Settings, store: Store, transform: Transform, opts: RunOptions,
               stop: asyncio.Event | None = None) -> RunStats:
+    with collector_paused(not opts.follow and opts.policy is None):
+        return await _consume_and_write(settings, store, transform, opts, stop)
+
+
+@contextlib.contextmanager
+def collector_paused(pause: bool) -> Iterator[None]:
+    """A replay holds up to ``max_records`` consumer records at a time and makes no cycles;
+    the cyclic collector would traverse them all again and again (a fifth of the reading
+    thread's time), while reference counting frees every batch anyway."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def _consume_and_write(settings: Settings, store: Store, transform: Transform,
+                             opts: RunOptions, stop: asyncio.Event | None) -> RunStats:
     names = topic_roles(settings, opts.policy is not None)
     whatif = _WhatIf(opts.policy) if opts.policy is not None else None
     stats = RunStats()
@@ -201,8 +227,8 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
                 break
             if not opts.follow and not todo:
                 break
-            data = await consumer.getmany(timeout_ms=opts.max_wait_ms,
-                                          max_records=opts.max_records)
+            data = await consumer.getmany(timeout_ms=opts.max_wait_ms, max_records=(
+                opts.max_records if opts.follow else min(opts.max_records, opts.min_records)))
             got = 0
             for tp, recs in data.items():
                 if not opts.follow and recs and recs[-1].offset >= end[tp]:
@@ -238,7 +264,9 @@ async def run(settings: Settings, store: Store, transform: Transform, opts: RunO
             now = time.monotonic()
             if n_pending and (n_pending >= opts.max_records or (not todo and not opts.follow)
                               or (opts.follow
-                                  and now - first_pending >= opts.max_wait_ms / 1000)):
+                                  and now - first_pending >= opts.max_wait_ms / 1000)
+                              or (not opts.follow and n_pending >= opts.min_records
+                                  and (writing is None or writing.done()))):
                 await flush()
             if (opts.snapshot_every is not None
                     and now - store.last_snapshot >= opts.snapshot_every):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,13 @@ from click.testing import CliRunner
 from test_projections_kafka import _delete_topics, env_for, log_lines, whatif_policy
 
 from yibao.cli import main as cli
+from yibao.projections.audit import verify
 from yibao.projections.exceptions import PartsError
 from yibao.projections.parts import Part, Span, check_parts, split_span
+from yibao.projections.runner import RunOptions, run
 from yibao.projections.simulate import simulate_sync
+from yibao.projections.store import Store
+from yibao.projections.transform import Transform
 from yibao.settings import Settings
 
 PARTITIONS = 4
@@ -117,6 +122,29 @@ def test_parallel_and_merged_replays_equal_one_process(settings: Settings, tmp_p
     assert "partitions 2-9 asked for" in out and f"has {PARTITIONS} (0-3)" in out, out
     out = refused(env, "replay", "--into", str(tmp_path / "x.duckdb"), "--partitions", "x")
     assert "--partitions must be a range such as 0-3" in out, out
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_replay_writing_while_it_reads_equals_one_write(settings: Settings, tmp_path: Path
+                                                        ) -> None:
+    """A replay starts writing as soon as ``min_records`` wait and the writer is idle (each
+    later write takes what arrived meanwhile); the file equals one written in a single
+    batch, positions included, and the cyclic collector paused for the replay is back on."""
+    simulate_sync(settings, log_lines(tmp_path, 120, seed=5))
+
+    def replay(path: Path, opts: RunOptions) -> int:
+        with Store(path, pseudonym_key=settings.pseudonym_key, bulk=True) as store:
+            stats = asyncio.run(run(settings, store, Transform(settings.pseudonym_key), opts))
+        return stats.writes
+
+    assert gc.isenabled()
+    eager = replay(tmp_path / "eager.duckdb", RunOptions(max_records=10**6, min_records=40))
+    once = replay(tmp_path / "once.duckdb", RunOptions(max_records=10**6, min_records=10**6))
+    assert gc.isenabled()
+    assert once == 1 and eager >= 2, (once, eager)  # eager: the first write began early
+    same = verify(tmp_path / "eager.duckdb", tmp_path / "once.duckdb", positions=True)
+    assert same.identical, [d.name for d in same.diffs]
 
 
 def _part(path: str, first: int, last: int, **meta: str) -> Part:
