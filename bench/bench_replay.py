@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import resource
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,13 @@ async def ledger_size(settings: Settings) -> int:
         await c.stop()
 
 
+def cpu_seconds() -> float:
+    """This process's CPU time so far, every thread (DuckDB's included): a steadier measure
+    of work than wall time on a shared box."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--households", type=int, default=40_000)
@@ -83,7 +91,9 @@ def main() -> None:
             counts = asyncio.run(simulate(settings, f))
         print(f"published the pipeline's outputs {counts} in {time.perf_counter() - t:.1f} s",
               file=sys.stderr)
+    cpu = cpu_seconds()
     n1, s1 = asyncio.run(raw_consume(settings))
+    raw_cpu, cpu = cpu_seconds() - cpu, cpu_seconds()
     db = out / "replay.duckdb"
     for p in (db, db.with_name(db.name + ".wal")):
         p.unlink(missing_ok=True)
@@ -92,6 +102,7 @@ def main() -> None:
         stats = asyncio.run(run(settings, store, Transform(settings.pseudonym_key),
                                 RunOptions(max_records=200_000)))
         rows = sum(store.counts().values())
+    replay_cpu = cpu_seconds() - cpu
     db2 = out / "replay-parallel.duckdb"
     par = replay_parallel(settings, PartJob(path=str(db2), max_records=200_000), args.jobs)
     n2, s2 = asyncio.run(raw_consume(settings))
@@ -102,6 +113,8 @@ def main() -> None:
     print(f"replay: {stats.events:,} records -> {rows:,} rows in {stats.writes} transactions, "
           f"{stats.seconds:.2f} s, file {db} ({db.stat().st_size / 2**20:.0f} MiB)",
           file=sys.stderr)
+    print(f"CPU seconds (user + system, this process's threads): raw consume {raw_cpu:.2f}, "
+          f"replay {replay_cpu:.2f} ({replay_cpu / raw_cpu:.1f}x)", file=sys.stderr)
     print(f"parallel: {par.events:,} records, {len(par.spans)} processes over partitions "
           f"{', '.join(map(str, par.spans))} ("
           + ", ".join(f"{p.seconds:.2f} s" for p in par.parts)
