@@ -17,15 +17,14 @@ through the same transform.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from yibao.collector import keep_out_of_the_collector, tuned_for_a_fold
 from yibao.metrics import PROJECTOR_BATCH_SECONDS, PROJECTOR_LAG, PROJECTOR_RECORDS
 from yibao.projections.exceptions import PartsError
 from yibao.projections.parts import Span, owner_partition, part_meta
@@ -137,23 +136,12 @@ def topic_roles(settings: Settings, whatif: bool = False) -> dict[str, str]:
 
 async def run(settings: Settings, store: Store, transform: Transform, opts: RunOptions,
               stop: asyncio.Event | None = None) -> RunStats:
-    with collector_paused(not opts.follow and opts.policy is None):
+    if opts.follow:
         return await _consume_and_write(settings, store, transform, opts, stop)
-
-
-@contextlib.contextmanager
-def collector_paused(pause: bool) -> Iterator[None]:
-    """A replay holds up to ``max_records`` consumer records at a time and makes no cycles;
-    the cyclic collector would traverse them all again and again (a fifth of the reading
-    thread's time), while reference counting frees every batch anyway."""
-    if not pause or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    # up to max_records consumer records and, for a what-if, the engine's state: see
+    # yibao.collector
+    with tuned_for_a_fold():
+        return await _consume_and_write(settings, store, transform, opts, stop)
 
 
 async def _consume_and_write(settings: Settings, store: Store, transform: Transform,
@@ -229,6 +217,8 @@ async def _consume_and_write(settings: Settings, store: Store, transform: Transf
                 break
             data = await consumer.getmany(timeout_ms=opts.max_wait_ms, max_records=(
                 opts.max_records if opts.follow else min(opts.max_records, opts.min_records)))
+            if not opts.follow:
+                keep_out_of_the_collector()
             got = 0
             for tp, recs in data.items():
                 if not opts.follow and recs and recs[-1].offset >= end[tp]:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from yibao.collector import GC_THRESHOLDS
 from yibao.metrics import serve_metrics
 from yibao.rules.dedup import DEFAULT_WINDOW_DAYS
 from yibao.rules.engine import Engine
@@ -133,14 +134,6 @@ async def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     freezer.cancel()
     gc.callbacks.remove(pauses)
     log.info("worker.gc", **pauses.summary())
-
-
-#: The cyclic GC's thresholds in the worker: a young generation of 10,000 objects instead
-#: of 700. A checkout allocates hundreds of short-lived objects (decoded events, steps'
-#: intermediates, outputs) that reference counting frees anyway; with the default the
-#: collector ran ~100 times a second, and every tenth young collection promoted survivors
-#: that soon triggered a full one. Measured side by side in docs/benchmarks.md.
-GC_THRESHOLDS = (10_000, 20, 100)
 
 
 async def freeze_long_lived(every: float = 1.0, full_every: float = 3600.0) -> None:

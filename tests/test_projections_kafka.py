@@ -9,6 +9,7 @@ pure cores, no worker process), so these tests take seconds.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import signal
 import subprocess
@@ -232,6 +233,7 @@ def test_reconcile_finds_planted_difference_and_policy_whatif(
     env = env_for(kafka_settings, tmp_path / "unused.duckdb")
     res = runner.invoke(cli, ["reconcile", "--jobs", "1"], env=env)
     assert res.exit_code == 1, res.output
+    assert gc.get_freeze_count() == 0  # the state it kept out of the collector is back in
     assert f"{planted[0]}: differs" in res.output
     assert "amounts.basic_fund" in res.output and "amounts.cash_due" in res.output
     assert " 1 differences" in res.output
