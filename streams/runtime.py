@@ -33,12 +33,11 @@ Fencing: see :mod:`yibao.streams.kafka.fencing`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -48,6 +47,9 @@ from yibao.streams.exceptions import StageStalled
 from yibao.streams.kafka.changelog import encode_position, position_key
 from yibao.streams.kafka.clients import StageConfig, log, make_consumer, make_producer
 from yibao.streams.kafka.outbox import Outbox, Sent
+
+#: How long a stopping stage waits for each step of its shutdown (see TxnStage._close_step).
+CLOSE_SECONDS = 10.0
 
 __all__ = ["Listener", "StageConfig", "TxnStage", "log", "percentiles"]
 
@@ -229,24 +231,37 @@ class TxnStage:
                     TRANSACTION_SECONDS.labels(self.name).observe(t2 - t1)
         finally:
             if self._group_commit is not None:
-                with contextlib.suppress(Exception):
-                    await self._group_commit
-            # Leaving the group hands the partitions over without the revoke hook: hand them
-            # over first, under the lock (no transaction on them in flight, a fused one holds
-            # it too), and ignore the rebalance hooks from then on (the consumer's stop waits
-            # for a rebalance in progress, whose hooks would wait for the lock, or restore).
-            async with self.lock:
-                self.leaving = True
-                with contextlib.suppress(Exception):
-                    await self.before_leaving()
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
-            with contextlib.suppress(Exception):
-                await self.producer.stop()
+                await self._close_step("group offsets", self._group_commit)
+            await self._close_step("hand-over", self._leave())
+            await self._close_step("consumer", self.consumer.stop())
+            await self._close_step("producer", self.producer.stop())
             self.close()
             log.info(f"{self.name}.stopped", batches=self.batches, records=self.records,
                      seconds={k: round(v, 3) for k, v in self.timing.items()},
                      step_ms=percentiles(self.step_times), **self.extra_stats())
+
+    async def _leave(self) -> None:
+        """Leaving the group hands the partitions over without the revoke hook: hand them over
+        first, under the lock (no transaction on them in flight, a fused one holds it too),
+        and ignore the rebalance hooks from then on (the consumer's stop waits for a
+        rebalance in progress, whose hooks would wait for the lock, or restore)."""
+        async with self.lock:
+            self.leaving = True
+            await self.before_leaving()
+
+    async def _close_step(self, what: str, step: Awaitable[Any]) -> None:
+        """One step of a stopping stage, given up after :data:`CLOSE_SECONDS`. A stage stops
+        because its Kafka client is stuck (:class:`StageStalled`) as well as on a signal;
+        waiting on the stuck client for ever would keep the worker from exiting, and its
+        supervisor from starting one that fences it (seen in ``make chaos``: after a broker
+        restart, ``consumer.stop()`` waited on a fetch that kept retrying, for minutes).
+        Its errors are only logged: the stage is going anyway."""
+        try:
+            await asyncio.wait_for(step, CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning(f"{self.name}.close_gave_up", step=what, seconds=CLOSE_SECONDS)
+        except Exception as exc:
+            log.info(f"{self.name}.close_failed", step=what, error=repr(exc))
 
     async def step_within_transaction_life(self, batch: dict[TopicPartition, list[Any]]
                                            ) -> None:
