@@ -78,7 +78,7 @@ lint: ## ruff check + mypy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench-settle: ## settle a generated log of >= 1M events: events/s and peak RSS (prints figures)
+bench-settle: ## settle a generated log of >= 1M events on one core: events/s, peak RSS, the decode-only ceiling
 	$(BIN)/python bench/bench_settle.py
 
 bench-live: ## live pipeline on the local broker: end-to-end events/s, raw ceiling, p50/p99 latency

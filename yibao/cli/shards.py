@@ -63,8 +63,9 @@ def route(path: Path, lines: Callable[[IO[bytes]], Iterator[bytes]], window_ms: 
         for raw in lines(src):
             add(raw)
     if not router.window_safe:
-        print("settle: every process keeps the whole log's dedup window: an event id "
-              "repeats after its first occurrence may have left it", file=sys.stderr)
+        print("settle: an event id repeats so long after its first occurrence that the first "
+              "may have left the dedup window, so every process keeps the whole log's dedup "
+              "window", file=sys.stderr)
     return router.shards(jobs), not router.window_safe
 
 
